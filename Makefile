@@ -1,0 +1,35 @@
+# Two commands do all set-up: `make demo` and `make test`. Both create .venv and install into it when needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint format bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -r requirements-dev.txt
+	touch $(STAMP)
+
+# The main job on the bundled clip, offline, with the bundled pretrained person detector.
+demo: $(STAMP)
+	$(BIN)/python video_main_person.py --source assets/videos/one-by-one-person-detection.mp4 \
+		--detector ssdlite_person --out runs/demo
+	@echo "demo: runs/demo/main_person.mp4 (427x240), runs/demo/main_person.jsonl, runs/demo/results.json"
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_video.py --max-frames 20 --ablation
+
+clean:
+	rm -rf runs .pytest_cache

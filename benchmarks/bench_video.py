@@ -1,0 +1,221 @@
+"""The seed's reference pipeline against video_main_person.py, side by side on the same clip and the same weights.
+
+Reference (the SAIC brief's code): one frame at a time, PIL -> ToTensor -> fasterrcnn_resnet50_fpn with its default
+transform (every frame upsized to 800 px), under torch.no_grad(), timed on frames decoded beforehand (in its
+favour). Pipeline: video_main_person.main() end to end.
+Both pick the main person with the same selector, so agreement (share of frames whose main-person boxes overlap with
+IoU >= 0.5, over the frames where either found one) compares the detectors' outputs only.
+With random weights (offline: no torchvision weights) the speed-up is real but agreement is meaningless: a random
+model finds nobody, so it is reported as null.
+
+Run:
+    python benchmarks/bench_video.py --max-frames 20
+    python benchmarks/bench_video.py --ablation      # per-frame time of each latency lever, one at a time
+Last line: {"reference_fps": ..., "pipeline_fps": ..., "speedup": ..., "agreement": ..., ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import video_main_person
+from utils.cli import UserError, run_cli, set_threads
+from utils.detectors import PERSON, TorchvisionDetector, build_torchvision_model
+from utils.metrics import box_iou
+from utils.video import Letterbox, VideoSource
+
+MODEL = "fasterrcnn_resnet50_fpn"  # the brief's model
+AGREEMENT_IOU = 0.5
+
+
+def resolve_weights(choice: str, workdir: Path) -> tuple[str, bool]:
+    """('DEFAULT' or a state_dict path, pretrained?). 'auto' takes torchvision's weights when they can be had,
+    else a random model saved to a file, so that both pipelines run the very same weights."""
+    if choice.lower() == "auto":
+        try:
+            build_torchvision_model(MODEL, "DEFAULT")
+            return "DEFAULT", True
+        except UserError as error:
+            print(f"note: {error}\nnote: benchmarking RANDOM weights: speed is real, agreement is not measured", file=sys.stderr)
+            choice = "none"
+    if choice.lower() == "none":
+        path = workdir / "random_weights.pth"
+        torch.manual_seed(0)
+        torch.save(build_torchvision_model(MODEL, "none").state_dict(), path)
+        return str(path), False
+    return choice, True
+
+
+def read_frames(source: str, max_frames: int) -> tuple[list[np.ndarray], float]:
+    video = VideoSource(source)
+    frames = [frame for _, (_, frame) in zip(range(max_frames), video, strict=False)]
+    video.close()
+    return frames, video.fps
+
+
+def run_reference(frames: list[np.ndarray], weights: str, min_score: float) -> tuple[float, list[np.ndarray | None]]:
+    """The seed's per-frame loop; returns its end-to-end FPS and the main-person box of each frame (427x240 canvas)."""
+    model = build_torchvision_model(MODEL, weights).eval()
+    height, width = frames[0].shape[:2]
+    letterbox = Letterbox.fit(width, height, video_main_person.OUTPUT_WIDTH, video_main_person.OUTPUT_HEIGHT)
+    selector = video_main_person.MainPersonSelector(video_main_person.OUTPUT_WIDTH, video_main_person.OUTPUT_HEIGHT)
+    with torch.no_grad():
+        model([F.to_tensor(Image.fromarray(cv2.cvtColor(frames[0], cv2.COLOR_BGR2RGB)))])  # warm-up, as the pipeline
+        main_boxes = []
+        start = time.perf_counter()
+        for frame in frames:
+            image = Image.fromarray(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+            output = model([F.to_tensor(image)])[0]
+            keep = (output["labels"] == PERSON) & (output["scores"] >= min_score)
+            boxes = letterbox.source_to_canvas(output["boxes"][keep].numpy())
+            main_person = selector.update(boxes, output["scores"][keep].numpy())
+            main_boxes.append(None if main_person is None else main_person.box)
+        elapsed = time.perf_counter() - start
+    return len(frames) / elapsed, main_boxes
+
+
+def run_pipeline(
+    source: str, detector: str, weights: str, max_frames: int, batch_size: int, threads: int, out: Path
+) -> tuple[dict, list[np.ndarray | None]]:
+    argv = [
+        "--source",
+        source,
+        "--detector",
+        detector,
+        "--weights",
+        weights,
+        "--max-frames",
+        str(max_frames),
+        "--batch-size",
+        str(batch_size),
+        "--threads",
+        str(threads),
+        "--no-video",
+        "--out",
+        str(out),
+    ]
+    results = video_main_person.main(video_main_person.get_args_parser().parse_args(argv))
+    records = [json.loads(line) for line in Path(results["jsonl"]).read_text().splitlines()]
+    return results, [None if r["main_person"] is None else np.asarray(r["main_person"]) for r in records]
+
+
+def agreement(boxes_a: list[np.ndarray | None], boxes_b: list[np.ndarray | None]) -> float | None:
+    """Share of frames where both found the same main person (IoU >= 0.5), over frames where either found one."""
+    relevant = [(a, b) for a, b in zip(boxes_a, boxes_b, strict=True) if a is not None or b is not None]
+    if not relevant:
+        return None
+    same = sum(a is not None and b is not None and box_iou(a, b)[0, 0] >= AGREEMENT_IOU for a, b in relevant)
+    return same / len(relevant)
+
+
+def ablation(frames: list[np.ndarray], weights: str, repeats: int) -> list[tuple[str, float]]:
+    """Median seconds per frame of the model alone as each lever is switched on, cumulatively.
+
+    The steps are timed round-robin, `repeats` rounds, so that drift in the machine's speed hits them all alike.
+    """
+    height, width = frames[0].shape[:2]
+    letterbox = Letterbox.fit(width, height, video_main_person.OUTPUT_WIDTH, video_main_person.OUTPUT_HEIGHT)
+    small = [cv2.cvtColor(letterbox.resize(frame), cv2.COLOR_BGR2RGB) for frame in frames]
+    full = [cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) for frame in frames]
+    off = {"proposals": 1000, "classes": None, "channels_last": False, "fold_bn": False}
+    steps = [
+        ("reference transform (800 px), full frames", dict(off, min_size=800, max_size=1333), full, 1),
+        ("frames resized to 427x240 first, model at 240 px", off, small, 1),
+        ("+ 100 RPN proposals (from 1000)", dict(off, proposals=100), small, 1),
+        ("+ person class only", dict(off, proposals=100, classes=(PERSON,)), small, 1),
+        ("+ channels_last", dict(off, proposals=100, classes=(PERSON,), channels_last=True), small, 1),
+        ("+ batch norms folded into convs", dict(proposals=100), small, 1),
+        ("+ batch of 4 frames", dict(proposals=100), small, 4),
+    ]
+    detectors = [TorchvisionDetector(MODEL, weights, score_thresh=0.05, **options) for _, options, _, _ in steps]
+    per_frame: list[list[float]] = [[] for _ in steps]
+    for _ in range(repeats + 1):  # the first round is a warm-up and is dropped
+        for times, detector, (_, _, images, batch_size) in zip(per_frame, detectors, steps, strict=True):
+            for first in range(0, len(images) - batch_size + 1, batch_size):
+                start = time.perf_counter()
+                detector.detect(images[first : first + batch_size])
+                times.append((time.perf_counter() - start) / batch_size)
+    rows = []
+    for times, (label, _, images, batch_size) in zip(per_frame, steps, strict=True):
+        measured = times[len(images) // batch_size :]
+        rows.append((label, statistics.median(measured)))
+        print(f"  {label:<52} {rows[-1][1] * 1e3:8.0f} ms/frame", file=sys.stderr)
+    return rows
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--source", default="assets/videos/tud-campus.mp4", help="clip to run both pipelines on")
+    parser.add_argument("--max-frames", type=int, default=20, help="frames to time (the reference takes seconds each)")
+    parser.add_argument(
+        "--weights", default="auto", help="auto (torchvision's when available, else random), DEFAULT, none or a state_dict path"
+    )
+    parser.add_argument("--batch-size", type=int, default=4, help="pipeline batch size (video_main_person.py's CPU default)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for both (default: all cores)")
+    parser.add_argument("--ablation", action="store_true", help="also time each latency lever on its own")
+    parser.add_argument("--ablation-frames", type=int, default=8, help="frames per ablation step")
+    parser.add_argument("--ablation-repeats", type=int, default=3, help="timed rounds over those frames")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict:
+    threads = set_threads(args.threads)
+    frames, _ = read_frames(args.source, args.max_frames)
+    with tempfile.TemporaryDirectory() as workdir:
+        weights, pretrained = resolve_weights(args.weights, Path(workdir))
+        min_score = TorchvisionDetector.default_score_thresh
+        print(f"reference: {len(frames)} frames, one at a time at 800 px ...", file=sys.stderr)
+        reference_fps, reference_boxes = run_reference(frames, weights, min_score)
+        pipeline, pipeline_boxes = run_pipeline(
+            args.source, MODEL, weights, len(frames), args.batch_size, threads, Path(workdir) / "pipeline"
+        )
+        ssdlite, _ = run_pipeline(
+            args.source, "ssdlite_person", "DEFAULT", len(frames), args.batch_size, threads, Path(workdir) / "ssdlite"
+        )
+        levers = ablation(frames[: args.ablation_frames], weights, args.ablation_repeats) if args.ablation else []
+    agree = agreement(reference_boxes, pipeline_boxes) if pretrained else None
+    result = {
+        "reference_fps": round(reference_fps, 3),
+        "pipeline_fps": round(pipeline["fps_end_to_end"], 3),
+        "speedup": round(pipeline["fps_end_to_end"] / reference_fps, 2),
+        "agreement": None if agree is None else round(agree, 3),
+        "ssdlite_person_fps": round(ssdlite["fps_end_to_end"], 2),
+        "pretrained_weights": pretrained,
+        "frames": len(frames),
+        "threads": threads,
+        "batch_size": args.batch_size,
+        "source": args.source,
+        "device": "cpu",
+    }
+    print(f"\n{'pipeline':<44}{'FPS':>8}{'x reference':>13}", file=sys.stderr)
+    print(f"{'reference (PIL, 800 px, per frame)':<44}{reference_fps:>8.2f}{1:>13.1f}", file=sys.stderr)
+    print(f"{'video_main_person.py ' + MODEL:<44}{result['pipeline_fps']:>8.2f}{result['speedup']:>13.1f}", file=sys.stderr)
+    print(
+        f"{'video_main_person.py ssdlite_person':<44}{result['ssdlite_person_fps']:>8.2f}{result['ssdlite_person_fps'] / reference_fps:>13.1f}",
+        file=sys.stderr,
+    )
+    print(
+        f"agreement (main person IoU >= 0.5): {'not measured: random weights find no one' if agree is None else f'{agree:.3f}'}",
+        file=sys.stderr,
+    )
+    if levers:
+        result["ablation_ms_per_frame"] = {label: round(seconds * 1e3, 1) for label, seconds in levers}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser().parse_args())

@@ -1,0 +1,37 @@
+"""Shared fixtures: paths to the bundled real data, and a machine with no way to download weights."""
+
+from __future__ import annotations
+
+import shutil
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+TUD_CAMPUS = REPO / "assets" / "data" / "TUD-Campus"
+TUD_CLIP = REPO / "assets" / "videos" / "tud-campus.mp4"
+DEMO_CLIP = REPO / "assets" / "videos" / "one-by-one-person-detection.mp4"
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No torchvision weights in the cache and no network: what CI and these machines have."""
+
+    def refuse(url, *args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+@pytest.fixture
+def frame_folder(tmp_path) -> Path:
+    """Frames 1-6 of TUD-Campus as an image folder, with frame 4 replaced by a corrupt JPEG."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for number in range(1, 7):
+        shutil.copy(TUD_CAMPUS / "img1" / f"{number:06d}.jpg", folder / f"{number:06d}.jpg")
+    (folder / "000004.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return folder

@@ -1,0 +1,208 @@
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO, TUD_CAMPUS, TUD_CLIP
+
+import video_main_person
+from utils.cli import UserError
+from utils.metrics import box_iou
+from utils.mot import read_mot_boxes
+from video_main_person import MainPersonSelector, salience
+
+W, H = 427, 240
+LEFT = np.array([60, 60, 120, 220], np.float32)  # a person left of centre
+RIGHT = np.array([307, 60, 367, 220], np.float32)  # mirror image of LEFT about the centre: equally salient
+
+
+def run(tmp_path, *argv):
+    args = video_main_person.get_args_parser().parse_args(["--out", str(tmp_path / "out"), *argv])
+    return video_main_person.main(args)
+
+
+######################################################################################################################
+# Main-person selection on hand-made detections
+
+
+def test_salience_prefers_large_central_confident():
+    boxes = np.array([[180, 40, 250, 230], [10, 150, 30, 200], [180, 40, 250, 230], [0, 40, 70, 230]], np.float32)
+    scores = np.array([0.9, 0.9, 0.45, 0.9])
+    values = salience(boxes, scores, W, H)
+    assert values.argmax() == 0
+    assert values[0] > values[1]  # size
+    assert values[0] == pytest.approx(2 * values[2])  # confidence
+    assert values[0] > values[3] > values[0] / 2  # the edge costs, but at most half
+
+
+def test_no_person_gives_none():
+    selector = MainPersonSelector(W, H)
+    assert selector.update(np.zeros((0, 4)), np.zeros(0)) is None
+
+
+def test_two_equal_people_first_wins_and_stays_when_order_flips():
+    selector = MainPersonSelector(W, H)
+    first = selector.update(np.stack([LEFT, RIGHT]), np.array([0.9, 0.9]))
+    np.testing.assert_array_equal(first.box, LEFT)
+    for _ in range(10):  # the detector lists them the other way round from now on
+        chosen = selector.update(np.stack([RIGHT, LEFT]), np.array([0.9, 0.9]))
+        np.testing.assert_array_equal(chosen.box, LEFT)
+
+
+def test_hysteresis_small_advantage_does_not_switch_large_one_does_after_n_frames():
+    selector = MainPersonSelector(W, H, switch_margin=1.3, switch_frames=3)
+    selector.update(np.stack([LEFT, RIGHT]), np.array([0.9, 0.8]))
+    for _ in range(10):  # RIGHT a little more salient: no flicker
+        assert selector.update(np.stack([LEFT, RIGHT]), np.array([0.8, 0.9])).box[0] == LEFT[0]
+    picks = [selector.update(np.stack([LEFT, RIGHT]), np.array([0.5, 0.95])).box[0] for _ in range(4)]
+    assert picks == [LEFT[0], LEFT[0], RIGHT[0], RIGHT[0]]  # 1.9x better: takes over on the 3rd frame
+
+
+def test_association_follows_a_moving_person():
+    selector = MainPersonSelector(W, H)
+    selector.update(np.stack([LEFT, RIGHT]), np.array([0.95, 0.9]))
+    for step in range(1, 30):  # LEFT walks right, RIGHT stays put
+        moved = LEFT + np.array([4 * step, 0, 4 * step, 0], np.float32)
+        chosen = selector.update(np.stack([RIGHT, moved]), np.array([0.9, 0.9]))
+        np.testing.assert_array_equal(chosen.box, moved)
+
+
+def test_hold_over_misses_then_release():
+    selector = MainPersonSelector(W, H, hold_frames=2)
+    selector.update(LEFT[None], np.array([0.9]))
+    held = [selector.update(np.zeros((0, 4)), np.zeros(0)) for _ in range(3)]
+    assert held[0].held and held[1].held
+    np.testing.assert_array_equal(held[1].box, LEFT)
+    assert held[2] is None
+    back = selector.update(LEFT[None], np.array([0.9]))
+    assert back is not None and not back.held
+
+
+######################################################################################################################
+# End to end, on real frames with the bundled detector
+
+
+@pytest.mark.slow
+def test_tud_campus_end_to_end_matches_ground_truth(tmp_path):
+    results = run(tmp_path, "--source", str(TUD_CLIP), "--detector", "ssdlite_person", "--batch-size", "4")
+    out = tmp_path / "out"
+    capture = cv2.VideoCapture(str(out / "main_person.mp4"))
+    assert (capture.get(cv2.CAP_PROP_FRAME_WIDTH), capture.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (427, 240)
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 71
+    records = [json.loads(line) for line in (out / "main_person.jsonl").read_text().splitlines()]
+    assert [record["frame"] for record in records] == list(range(71))
+    assert set(records[0]) >= {"frame", "time_s", "main_person", "score", "held", "persons", "latency_ms"}
+    gt = read_mot_boxes(TUD_CAMPUS / "gt" / "gt.txt")
+    scale, left, top = results["letterbox"]["scale"], results["letterbox"]["left"], results["letterbox"]["top"]
+    with_people = matched = 0
+    for record in records:
+        people = gt.get(record["frame"] + 1)
+        if people is None:
+            continue
+        with_people += 1
+        if record["main_person"] is not None:
+            truth = people[:, :4] * scale + np.array([left, top, left, top])
+            matched += box_iou(np.array(record["main_person"]), truth).max() >= 0.5
+    assert with_people == 71 and matched / with_people >= 0.8
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["frames"] == 71 and saved["fps_end_to_end"] > 0 and saved["bad_frames"] == []
+    assert set(saved["stages"]) == {"decode", "preprocess", "inference", "postprocess", "encode"}
+    assert list(out.glob(".*partial*")) == []
+
+
+def test_torchvision_detector_through_the_pipeline(tmp_path):
+    results = run(
+        tmp_path,
+        "--source",
+        str(TUD_CLIP),
+        "--detector",
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "--weights",
+        "none",
+        "--max-frames",
+        "3",
+        "--no-video",
+    )
+    records = (tmp_path / "out" / "main_person.jsonl").read_text().splitlines()
+    assert results["frames"] == 3 and len(records) == 3
+    assert results["detector"]["proposals"] == 100 and results["detector"]["classes"] == [1]
+    assert not (tmp_path / "out" / "main_person.mp4").exists()
+
+
+def test_corrupt_frame_in_the_middle_is_skipped_and_counted(tmp_path, frame_folder):
+    results = run(tmp_path, "--source", str(frame_folder), "--detector", "ssdlite_person")
+    assert results["frames"] == 5 and results["bad_frames"] == [3]
+    records = [json.loads(line) for line in (tmp_path / "out" / "main_person.jsonl").read_text().splitlines()]
+    assert [record["frame"] for record in records] == [0, 1, 2, 4, 5]
+
+
+######################################################################################################################
+# Bad input: one line, exit code 1, nothing half-written
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--source", "missing.mp4"], "no such file"),
+        (["--source", str(REPO / "requirements.txt")], "no readable video"),
+        (["--source", "9"], "camera 9 could not be opened"),
+        (["--source", str(TUD_CLIP), "--batch-size", "0"], "--batch-size must be at least 1"),
+    ],
+)
+def test_bad_input_raises_user_error(tmp_path, argv, message):
+    with pytest.raises(UserError, match=message):
+        run(tmp_path, "--detector", "ssdlite_person", *argv)
+
+
+def test_unwritable_output_folder(tmp_path):
+    (tmp_path / "blocker").write_text("")
+    args = video_main_person.get_args_parser().parse_args(["--source", str(TUD_CLIP), "--out", str(tmp_path / "blocker" / "out")])
+    with pytest.raises(UserError, match="cannot write to output folder"):
+        video_main_person.main(args)
+
+
+def test_weights_default_offline_leaves_no_output(tmp_path, offline):
+    with pytest.raises(UserError, match="cannot download"):
+        run(tmp_path, "--source", str(TUD_CLIP), "--weights", "DEFAULT")
+    assert not any(path.is_file() for path in (tmp_path / "out").iterdir())
+
+
+def test_failure_midway_leaves_no_half_written_outputs(tmp_path, monkeypatch):
+    from utils.detectors import OnnxSSDLitePersonDetector
+
+    calls = {"n": 0}
+    original = OnnxSSDLitePersonDetector.detect
+
+    def fail_on_third_batch(self, frames):
+        calls["n"] += 1
+        if calls["n"] == 4:  # warm-up + 2 batches succeed
+            raise RuntimeError("inference crashed")
+        return original(self, frames)
+
+    monkeypatch.setattr(OnnxSSDLitePersonDetector, "detect", fail_on_third_batch)
+    with pytest.raises(RuntimeError, match="inference crashed"):
+        run(tmp_path, "--source", str(TUD_CLIP), "--detector", "ssdlite_person")
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == []
+
+
+def test_cli_one_line_error_and_exit_code(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "video_main_person.py", "--source", "missing.mp4", "--detector", "ssdlite_person", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == ["error: missing.mp4: no such file, folder, URL or camera index"]
+
+
+@pytest.mark.slow
+def test_cli_jsonl_to_stdout_piped_into_head(tmp_path):
+    command = f"{sys.executable} video_main_person.py --source {TUD_CLIP} --detector ssdlite_person --no-video --jsonl - --out {tmp_path} | head -3"
+    done = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=REPO, capture_output=True, text=True)
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and [json.loads(line)["frame"] for line in lines] == [0, 1, 2]
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr

@@ -1,0 +1,51 @@
+"""What every script shares at its edges: one-line errors, device choice, seeding, thread count."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """An expected failure (bad input, no weights offline...): printed as one line, exit code 1."""
+
+
+def run_cli(main: Callable[[Any], Any], args: Any) -> None:
+    """Run a script's main(args); a UserError becomes one line on stderr and exit code 1, no traceback."""
+    try:
+        main(args)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a UserError, not a silent CPU run."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asked for, but no CUDA GPU is visible; use --device cpu")
+    return torch.device(name)
+
+
+def set_threads(threads: int | None) -> int:
+    """Fix the intra-op thread count (timings are only comparable at a fixed count); returns it."""
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    return threads
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

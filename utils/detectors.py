@@ -1,0 +1,373 @@
+"""ONE detector interface for every script: RGB frames in, boxes/scores/labels out in each frame's own pixels.
+
+    detector = build_detector("fasterrcnn_resnet50_fpn", weights="DEFAULT", device="cpu")
+    detections = detector.detect([rgb_frame, ...])   # list of Detections, one per frame
+
+Implementations:
+- TorchvisionDetector: torchvision's Faster R-CNN family, made fast for small frames (see its docstring).
+- OnnxSSDLitePersonDetector: the bundled pretrained person-only SSDLite (assets/models), run by ONNX Runtime.
+Later backends (quantised, ONNX export, TensorRT) subclass Detector and register in build_detector.
+Labels are COCO category ids (1 = person) whatever the backend.
+"""
+
+from __future__ import annotations
+
+import itertools
+import urllib.error
+import urllib.parse
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from utils.cli import UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SSDLITE_PERSON_PATH = REPO_ROOT / "assets" / "models" / "ped_ssdlite_person.onnx"
+PERSON = 1  # COCO category id of 'person'
+TORCHVISION_DETECTORS = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "fasterrcnn_mobilenet_v3_large_320_fpn",
+)
+DETECTORS = (*TORCHVISION_DETECTORS, "ssdlite_person")
+
+
+@dataclass
+class Detections:
+    """Detections of one frame: boxes (N, 4) xyxy float32 in that frame's pixels, scores (N,), labels (N,) COCO ids."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def select(self, keep: np.ndarray) -> Detections:
+        """The detections where the boolean mask (or index array) `keep` holds."""
+        return Detections(self.boxes[keep], self.scores[keep], self.labels[keep])
+
+    def persons(self, min_score: float = 0.0) -> Detections:
+        """Only the people scoring at least min_score."""
+        return self.select((self.labels == PERSON) & (self.scores >= min_score))
+
+
+class Detector(ABC):
+    """Frames in (RGB uint8 H x W x 3, any size), one Detections per frame out."""
+
+    name: str
+    default_score_thresh: float  # a sensible confidence floor for this model's scores
+
+    @abstractmethod
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        """Detect in a batch of frames; frames of one batch should share a size for speed."""
+
+    def warmup(self, width: int, height: int, batch_size: int = 1) -> None:
+        """Run once on a black batch so one-off start-up costs (allocator, kernel choice) stay out of timings."""
+        self.detect([np.zeros((height, width, 3), np.uint8)] * batch_size)
+
+    def describe(self) -> dict[str, Any]:
+        """What results.json records about this detector."""
+        return {"name": self.name}
+
+
+######################################################################################################################
+# torchvision Faster R-CNN
+
+
+def build_torchvision_model(name: str, weights: str = "DEFAULT", **kwargs: Any) -> nn.Module:
+    """A torchvision detection model with weights 'DEFAULT' (torchvision's, downloaded once into the torch cache),
+    'none' (random init, for speed tests) or a path to a state_dict (raw, or under a 'model' key).
+
+    kwargs go to the builder (min_size, max_size, rpn_post_nms_top_n_test, ...). Never falls back silently:
+    DEFAULT offline and a checkpoint that does not fit are UserErrors.
+    """
+    if name not in TORCHVISION_DETECTORS:
+        raise UserError(f"unknown torchvision detector {name!r}; choose from {', '.join(TORCHVISION_DETECTORS)}")
+    builder = torchvision.models.get_model_builder(name)
+    if weights.upper() == "DEFAULT":
+        default = torchvision.models.get_model_weights(name).DEFAULT
+        try:
+            _download_once(default.url)
+            return builder(weights=default, **kwargs)
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise UserError(
+                f"cannot download {name} weights from {default.url} ({reason}); offline, use --weights PATH "
+                "(a state_dict of this model), --weights none (random, speed only) or --detector ssdlite_person"
+            ) from None
+    model = builder(weights=None, weights_backbone=None, num_classes=91, **kwargs)
+    if weights.lower() == "none":
+        return model
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(f"--weights {weights}: no such file (use DEFAULT, none or a state_dict path)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and torch errors all mean: not a loadable checkpoint
+        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as error:
+        first = str(error).strip().splitlines()
+        raise UserError(f"{path} does not match {name}: {' '.join(first[:2])[:200]}") from None
+    return model
+
+
+def _download_once(url: str) -> None:
+    """Fetch torchvision weights into the torch hub cache (atomic, with a progress bar) unless already there.
+
+    Done here rather than by the builder so that an offline failure is one line, without torch's "Downloading:".
+    """
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
+    if not cached.is_file():
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(cached), progress=True)
+
+
+class ClassSubsetPredictor(nn.Module):
+    """A FastRCNNPredictor restricted to some classes, with the SAME scores as the full model.
+
+    Scores stay the softmax over all 91 classes; only the kept classes get box regression, so the post-processing
+    (box decoding, clipping, per-class NMS) handles K classes instead of 90. The returned logits are the log of
+    [1 - sum(kept probabilities), kept probabilities], whose softmax gives back exactly those probabilities.
+    Output labels are 1..K (positions in `keep`); TorchvisionDetector maps them back to COCO ids.
+    """
+
+    def __init__(self, predictor: nn.Module, keep: Sequence[int]) -> None:
+        super().__init__()
+        self.cls_score = predictor.cls_score
+        rows = torch.tensor([4 * c + k for c in (0, *keep) for k in range(4)])
+        full = predictor.bbox_pred
+        self.bbox_pred = nn.Linear(full.in_features, len(rows), device=full.weight.device, dtype=full.weight.dtype)
+        with torch.no_grad():
+            self.bbox_pred.weight.copy_(full.weight[rows])
+            self.bbox_pred.bias.copy_(full.bias[rows])
+        self.register_buffer("keep", torch.tensor(list(keep)), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = features.flatten(start_dim=1)
+        probabilities = self.cls_score(features).softmax(dim=-1)
+        kept = probabilities[:, self.keep]
+        background = (1 - kept.sum(dim=1, keepdim=True)).clamp_min(1e-12)
+        return torch.cat([background, kept], dim=1).log(), self.bbox_pred(features)
+
+
+def _fold_pair(conv: nn.Conv2d, norm: nn.Module) -> None:
+    """Fold an inference-mode batch norm into the convolution before it (exact up to float rounding)."""
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+    bias = norm.bias - norm.running_mean * scale
+    with torch.no_grad():
+        conv.weight.mul_(scale.reshape(-1, 1, 1, 1))
+        if conv.bias is None:
+            conv.bias = nn.Parameter(bias.clone())
+        else:
+            conv.bias.copy_(conv.bias * scale + bias)
+
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every frozen/eval BatchNorm2d that directly follows a Conv2d into it; returns how many were folded.
+
+    Only where the order of application is known: inside nn.Sequential and IntermediateLayerGetter (the detection
+    backbones' ResNet stem), and the conv/bn pairs of torchvision's ResNet blocks. Saves one full pass over each activation map per layer (about 50 in ResNet-50).
+    """
+    from torchvision.models._utils import IntermediateLayerGetter
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    norms = (FrozenBatchNorm2d, nn.BatchNorm2d)
+    folded = 0
+    for module in list(model.modules()):
+        if isinstance(module, (nn.Sequential, IntermediateLayerGetter)):  # both run their children in order
+            names = list(module._modules)
+            pairs = list(itertools.pairwise(names))
+        elif isinstance(module, (ResNet, BasicBlock, Bottleneck)):
+            pairs = [(f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(module, f"bn{i}")]
+        else:
+            continue
+        for conv_name, norm_name in pairs:
+            conv, norm = module._modules.get(conv_name), module._modules.get(norm_name)
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, norms) and not norm.training:
+                _fold_pair(conv, norm)
+                module._modules[norm_name] = nn.Identity()
+                folded += 1
+    return folded
+
+
+class TorchvisionDetector(Detector):
+    """torchvision Faster R-CNN, set up for small frames and low latency:
+
+    - min_size/max_size: the model works at the frame's own size (default 240/427) instead of upsizing to 800 px;
+    - proposals: RPN proposals kept per image at test time (torchvision: 1000; 300 is the Faster R-CNN paper's
+      test setting and plenty for people);
+    - classes: only these COCO ids are decoded and NMS-ed (default: person), with the full model's scores;
+    - channels_last memory layout and batch norms folded into the convolutions (faster CPU convolutions);
+    - batched inference under torch.inference_mode().
+    """
+
+    default_score_thresh = 0.5
+
+    def __init__(
+        self,
+        name: str = "fasterrcnn_resnet50_fpn",
+        weights: str = "DEFAULT",
+        device: str | torch.device = "cpu",
+        min_size: int = 240,
+        max_size: int = 427,
+        proposals: int = 300,
+        score_thresh: float | None = None,
+        classes: Sequence[int] | None = (PERSON,),
+        channels_last: bool = True,
+        fold_bn: bool = True,
+    ) -> None:
+        self.name = name
+        self.weights = weights
+        self.device = torch.device(device)
+        self.score_thresh = self.default_score_thresh if score_thresh is None else score_thresh
+        self.settings = {"min_size": min_size, "max_size": max_size, "proposals": proposals}
+        model = build_torchvision_model(
+            name,
+            weights,
+            min_size=min_size,
+            max_size=max_size,
+            rpn_pre_nms_top_n_test=max(proposals, 1000),
+            rpn_post_nms_top_n_test=proposals,
+            box_score_thresh=self.score_thresh,
+        )
+        model.eval()
+        self.classes = list(classes) if classes else None
+        if self.classes:
+            model.roi_heads.box_predictor = ClassSubsetPredictor(model.roi_heads.box_predictor, self.classes)
+        self.folded = fold_batchnorm(model) if fold_bn else 0
+        self.channels_last = channels_last and self.device.type == "cpu"
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+            model.backbone.register_forward_pre_hook(lambda _, inputs: (inputs[0].contiguous(memory_format=torch.channels_last),))
+        self.model = model
+
+    @torch.inference_mode()
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        images = [torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1).float().div_(255) for frame in frames]
+        outputs = self.model(images)
+        results = []
+        for output in outputs:
+            labels = output["labels"].cpu().numpy()
+            if self.classes:
+                labels = np.asarray(self.classes, dtype=np.int64)[labels - 1]
+            results.append(Detections(output["boxes"].float().cpu().numpy(), output["scores"].float().cpu().numpy(), labels))
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "weights": self.weights,
+            "device": str(self.device),
+            "classes": self.classes,
+            "score_thresh": self.score_thresh,
+            "channels_last": self.channels_last,
+            "folded_batchnorms": self.folded,
+            **self.settings,
+        }
+
+
+######################################################################################################################
+# Bundled SSDLite person detector (ONNX Runtime)
+
+
+class OnnxSSDLitePersonDetector(Detector):
+    """The bundled pretrained person-only SSDLite-MobileNetV2 (TF OD API export, MIT) on ONNX Runtime.
+
+    Input uint8 NHWC RGB of any size (the graph resizes to 300x300 itself); boxes come back normalised
+    [ymin, xmin, ymax, xmax] and are scaled to each frame's pixels here.
+    """
+
+    name = "ssdlite_person"
+    default_score_thresh = 0.4  # its person scores run lower than Faster R-CNN's: real people score 0.4-0.9
+
+    def __init__(
+        self,
+        path: str | Path = SSDLITE_PERSON_PATH,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        score_thresh: float | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: the ONNX person detector is missing (it ships in assets/models)")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own exception types for bad files
+            raise UserError(f"{self.path} is not a loadable ONNX model ({str(error).splitlines()[0][:120]})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = ["detection_boxes:0", "detection_scores:0", "detection_classes:0"]
+        self.score_thresh = self.default_score_thresh if score_thresh is None else score_thresh
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        if len({frame.shape for frame in frames}) > 1:  # one batch needs one size: run mixed sizes one by one
+            return [self.detect([frame])[0] for frame in frames]
+        batch = np.ascontiguousarray(np.stack(frames))
+        boxes, scores, classes = self.session.run(self.output_names, {self.input_name: batch})
+        height, width = frames[0].shape[:2]
+        to_pixels = np.array([height, width, height, width], dtype=np.float32)
+        results = []
+        for frame_boxes, frame_scores, frame_classes in zip(boxes, scores, classes, strict=True):
+            keep = frame_scores >= self.score_thresh
+            yx = frame_boxes[keep] * to_pixels
+            results.append(
+                Detections(
+                    yx[:, [1, 0, 3, 2]].astype(np.float32), frame_scores[keep].astype(np.float32), frame_classes[keep].astype(np.int64)
+                )
+            )
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "weights": str(self.path.relative_to(REPO_ROOT) if self.path.is_relative_to(REPO_ROOT) else self.path),
+            "score_thresh": self.score_thresh,
+            "providers": self.session.get_providers(),
+        }
+
+
+######################################################################################################################
+
+
+def build_detector(
+    name: str,
+    weights: str = "DEFAULT",
+    device: str | torch.device = "cpu",
+    score_thresh: float | None = None,
+    threads: int | None = None,
+    **options: Any,
+) -> Detector:
+    """The detector called `name` (one of DETECTORS); options go to the implementation (sizes, proposals...)."""
+    if name == "ssdlite_person":
+        path = SSDLITE_PERSON_PATH if weights.upper() == "DEFAULT" else Path(weights)
+        return OnnxSSDLitePersonDetector(path, device=device, threads=threads, score_thresh=score_thresh)
+    if name in TORCHVISION_DETECTORS:
+        return TorchvisionDetector(name, weights, device=device, score_thresh=score_thresh, **options)
+    raise UserError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")

@@ -1,0 +1,55 @@
+"""Per-stage wall-clock timing: record durations by stage name, report count/median/p95/total."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import torch
+
+
+def summarize(seconds: Sequence[float]) -> dict[str, float]:
+    """Median, p95 and mean in milliseconds, count and total in seconds, of a list of durations."""
+    values = np.asarray(seconds, dtype=np.float64)
+    if values.size == 0:
+        return {"count": 0, "median_ms": float("nan"), "p95_ms": float("nan"), "mean_ms": float("nan"), "total_s": 0.0}
+    return {
+        "count": int(values.size),
+        "median_ms": float(np.median(values) * 1e3),
+        "p95_ms": float(np.percentile(values, 95) * 1e3),
+        "mean_ms": float(values.mean() * 1e3),
+        "total_s": float(values.sum()),
+    }
+
+
+class StageTimer:
+    """Collects durations per stage; safe to record from a reader thread and the main thread at once."""
+
+    def __init__(self, cuda_sync: bool = False) -> None:
+        self.samples: dict[str, list[float]] = defaultdict(list)
+        self.cuda_sync = cuda_sync  # GPU work is asynchronous: synchronise or the time lands in the wrong stage
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.cuda_sync:
+            torch.cuda.synchronize()
+        self.samples[name].append(time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.samples[name].append(seconds)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {name: summarize(values) for name, values in self.samples.items()}
+
+
+def format_summary(summary: dict[str, dict[str, float]]) -> str:
+    """A small fixed-width table of a StageTimer summary, one stage per line."""
+    lines = [f"{'stage':<14}{'calls':>7}{'median ms':>11}{'p95 ms':>9}{'total s':>9}"]
+    for name, row in summary.items():
+        lines.append(f"{name:<14}{row['count']:>7}{row['median_ms']:>11.1f}{row['p95_ms']:>9.1f}{row['total_s']:>9.2f}")
+    return "\n".join(lines)

@@ -1,0 +1,360 @@
+"""Find the main person in every frame of a video, fast: a 427x240 annotated video, one JSON line per frame, a
+latency report.
+
+Run:
+    python video_main_person.py --source assets/videos/one-by-one-person-detection.mp4 --detector ssdlite_person
+    python video_main_person.py --source clip.mp4 --no-video --jsonl - | jq -c .main_person
+    python video_main_person.py --source 0 --detector ssdlite_person          # a webcam; also URLs, image folders
+Measured: see README.md ("Measured figures") and benchmarks/bench_video.py.
+
+The main person
+---------------
+The person a viewer would call the subject of the shot: large, near the centre, clearly visible, and the same
+person from one frame to the next. Per frame, every person detection with score >= --min-score gets a salience
+
+    salience = score * sqrt(box area / frame area) * (1 - 0.5 * distance of box centre from frame centre)
+
+(distance normalised to 1 at a corner): size counts most, as linear size (sqrt) so that a person twice as tall
+counts twice, not four times; confidence discounts doubtful boxes; the centre term halves the weight of a person at
+the very edge but never vetoes a large one. Then, over time:
+- association: the current main person is found again in the new frame as the detection with the highest IoU with
+  its last box (IoU >= 0.3): a walking person moves little between frames;
+- hysteresis: another person takes over only when their salience beats the current one's by --switch-margin (1.3x)
+  for --switch-frames (3) frames in a row, so the choice does not flicker between two people of similar size;
+- hold: when the detector misses the current main person, their last box is kept for up to --hold-frames (5)
+  frames (marked "held": true) before the choice is released; a miss of one frame is the detector's, not the scene's;
+- ties (two equal people) go to the detection listed first, and then stay put by the hysteresis.
+
+Latency levers, each measured in benchmarks/bench_video.py: frames are resized to 427x240 BEFORE the model and the
+model works at that size (the reference upsizes every frame to 800 px), frames are decoded and resized on a
+background thread, inference is batched under torch.inference_mode() in channels_last with batch norms folded
+into the convolutions, the RPN keeps --proposals boxes, and only the person class is decoded and NMS-ed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from utils.cli import UserError, resolve_device, run_cli, seed_everything, set_threads
+from utils.detectors import DETECTORS, TORCHVISION_DETECTORS, build_detector
+from utils.draw import HELD_COLOR, MAIN_COLOR, OTHER_COLOR, draw_box, draw_caption
+from utils.metrics import box_iou
+from utils.timing import StageTimer, format_summary, summarize
+from utils.video import Letterbox, ThreadedReader, VideoSource, VideoWriter
+
+OUTPUT_WIDTH, OUTPUT_HEIGHT = 427, 240  # the brief's output resolution (WxH)
+CENTRE_WEIGHT = 0.5  # a person at the very edge keeps half their salience: centrality helps, never vetoes
+MATCH_IOU = 0.3  # same person in the next frame: people move well under a box width per frame at >= 10 fps
+DEFAULT_SOURCE = "assets/videos/one-by-one-person-detection.mp4"
+
+######################################################################################################################
+# Main-person selection
+
+
+def salience(boxes: np.ndarray, scores: np.ndarray, width: int, height: int) -> np.ndarray:
+    """How much each person box looks like the subject of the frame (see the module docstring)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
+    size = np.sqrt(area / (width * height))
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    distance = np.hypot(centre[:, 0] - width / 2, centre[:, 1] - height / 2) / np.hypot(width / 2, height / 2)
+    return np.asarray(scores, dtype=np.float64) * size * (1 - CENTRE_WEIGHT * distance.clip(0, 1))
+
+
+@dataclass
+class MainPerson:
+    box: np.ndarray  # xyxy in output-frame pixels
+    score: float
+    held: bool  # True when the box is carried over a detector miss
+
+
+class MainPersonSelector:
+    """Picks the main person frame after frame, with association, hysteresis and hold (module docstring)."""
+
+    def __init__(self, width: int, height: int, switch_margin: float = 1.3, switch_frames: int = 3, hold_frames: int = 5) -> None:
+        self.width, self.height = width, height
+        self.switch_margin = switch_margin
+        self.switch_frames = switch_frames
+        self.hold_frames = hold_frames
+        self.current: MainPerson | None = None
+        self.missed = 0  # consecutive frames the current main person was not found
+        self.challenger_frames = 0  # consecutive frames someone else beat the current one by the margin
+
+    def update(self, boxes: np.ndarray, scores: np.ndarray) -> MainPerson | None:
+        """The main person of the next frame, given that frame's person boxes and scores (output pixels)."""
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+        salient = salience(boxes, scores, self.width, self.height)
+        incumbent = None
+        if self.current is not None and len(boxes):
+            overlaps = box_iou(self.current.box[None], boxes)[0]
+            if overlaps.max() >= MATCH_IOU:
+                incumbent = int(overlaps.argmax())
+        if incumbent is None:
+            return self._lost(boxes, scores, salient)
+        self.missed = 0
+        best = int(salient.argmax())
+        chosen = incumbent
+        if best != incumbent and salient[best] > self.switch_margin * salient[incumbent]:
+            self.challenger_frames += 1
+            if self.challenger_frames >= self.switch_frames:
+                chosen, self.challenger_frames = best, 0
+        else:
+            self.challenger_frames = 0
+        self.current = MainPerson(boxes[chosen].copy(), float(scores[chosen]), held=False)
+        return self.current
+
+    def _lost(self, boxes: np.ndarray, scores: np.ndarray, salient: np.ndarray) -> MainPerson | None:
+        """No detection continues the current main person: hold it a few frames, then pick afresh."""
+        if self.current is not None and self.missed < self.hold_frames:
+            self.missed += 1
+            self.current = MainPerson(self.current.box, self.current.score, held=True)
+            return self.current
+        self.missed, self.challenger_frames = 0, 0
+        if not len(boxes):
+            self.current = None
+            return None
+        best = int(salient.argmax())
+        self.current = MainPerson(boxes[best].copy(), float(scores[best]), held=False)
+        return self.current
+
+
+######################################################################################################################
+# Outputs
+
+
+def prepare_out_dir(path: str) -> Path:
+    """Create the output folder and prove it is writable before any work starts."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to output folder {out}: {error.strerror or error}") from None
+    return out
+
+
+class JsonLines:
+    """One JSON object per line to stdout ('-') or to a file that appears under its name only when complete."""
+
+    def __init__(self, target: str) -> None:
+        self.to_stdout = target == "-"
+        self.path = None if self.to_stdout else Path(target)
+        if self.path is None:
+            self._file: IO[str] = sys.stdout
+            return
+        self._partial = self.path.with_name(f".{self.path.name}.partial")
+        try:
+            self._file = self._partial.open("w")
+        except OSError as error:
+            raise UserError(f"cannot write {self.path}: {error.strerror or error}") from None
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if self.path is not None:
+            self._file.close()
+            os.replace(self._partial, self.path)
+        else:
+            self._file.flush()
+
+    def abort(self) -> None:
+        if self.path is not None:
+            self._file.close()
+            self._partial.unlink(missing_ok=True)
+
+
+def rounded(box: np.ndarray) -> list[float]:
+    return [round(float(value), 1) for value in box]
+
+
+def annotate(canvas: np.ndarray, person_boxes: np.ndarray, person_scores: np.ndarray, main: MainPerson | None, caption: str) -> None:
+    """Other people thin, the main person thick (amber while held), a caption in the corner."""
+    for box, score in zip(person_boxes, person_scores, strict=True):
+        draw_box(canvas, box, OTHER_COLOR, f"{score:.2f}")
+    if main is not None:
+        draw_box(
+            canvas, main.box, HELD_COLOR if main.held else MAIN_COLOR, "main (held)" if main.held else f"main {main.score:.2f}", thickness=2
+        )
+    draw_caption(canvas, caption)
+
+
+######################################################################################################################
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--source", default=DEFAULT_SOURCE, help="video file, stream URL, camera index or image folder")
+    parser.add_argument("--out", default="runs/main_person", help="folder for main_person.mp4, results.json and the JSONL")
+    parser.add_argument(
+        "--jsonl", default=None, help="where the per-frame JSON lines go: a path, or - for stdout (default: OUT/main_person.jsonl)"
+    )
+    parser.add_argument("--no-video", action="store_true", help="do not write the annotated video")
+    parser.add_argument(
+        "--detector", default="fasterrcnn_resnet50_fpn", choices=DETECTORS, help="detector (ssdlite_person is bundled and pretrained)"
+    )
+    parser.add_argument(
+        "--weights", default="DEFAULT", help="DEFAULT (torchvision's, downloaded once), none (random init: speed only) or a state_dict path"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="frames per inference call (default: 1 on CPU, where batching measured no faster, 8 on CUDA)",
+    )
+    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: all)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all cores)")
+    parser.add_argument(
+        "--min-score", type=float, default=None, help="person score floor (default: the detector's own, 0.5 Faster R-CNN, 0.4 ssdlite)"
+    )
+    parser.add_argument("--proposals", type=int, default=100, help="RPN proposals per frame (torchvision detectors)")
+    parser.add_argument("--switch-margin", type=float, default=1.3, help="salience ratio another person needs to take over")
+    parser.add_argument("--switch-frames", type=int, default=3, help="frames in a row the challenger must win to take over")
+    parser.add_argument("--hold-frames", type=int, default=5, help="frames the main person is held over detector misses")
+    parser.add_argument("--seed", type=int, default=0, help="seed (random-weight runs are reproducible)")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    for flag in ("batch_size", "threads", "max_frames", "proposals", "switch_frames"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    seed_everything(args.seed)
+    device = resolve_device(args.device)
+    threads = set_threads(args.threads)
+    batch_size = args.batch_size or (8 if device.type == "cuda" else 4)  # batches of 4: +10-20% FPS on 2 CPU cores
+    out = prepare_out_dir(args.out)
+    source = VideoSource(args.source)
+    letterbox = Letterbox.fit(source.width, source.height, OUTPUT_WIDTH, OUTPUT_HEIGHT)
+
+    load_start = time.perf_counter()
+    options = {"proposals": args.proposals} if args.detector in TORCHVISION_DETECTORS else {}
+    detector = build_detector(args.detector, args.weights, device, score_thresh=args.min_score, threads=threads, **options)
+    detector.warmup(letterbox.content_width, letterbox.content_height, batch_size)
+    load_s = time.perf_counter() - load_start
+
+    selector = MainPersonSelector(OUTPUT_WIDTH, OUTPUT_HEIGHT, args.switch_margin, args.switch_frames, args.hold_frames)
+    timer = StageTimer(cuda_sync=device.type == "cuda")
+    video = None if args.no_video else VideoWriter(out / "main_person.mp4", source.fps, OUTPUT_WIDTH, OUTPUT_HEIGHT)
+    jsonl = JsonLines(args.jsonl or str(out / "main_person.jsonl"))
+
+    def prepare(frame: np.ndarray) -> np.ndarray:  # runs on the reader thread, overlapping inference
+        return cv2.cvtColor(letterbox.resize(frame), cv2.COLOR_BGR2RGB)
+
+    expected = min(filter(None, (source.frame_count, args.max_frames)), default=None)
+    # A short queue: enough to overlap decoding with inference, short enough that frames do not wait in a backlog.
+    reader = ThreadedReader(source, prepare, max_frames=args.max_frames, queue_size=batch_size, timer=timer)
+    progress = tqdm(total=expected, unit="frame", desc="main person", file=sys.stderr, mininterval=0.5)
+    latencies: list[float] = []
+    with_main_person = 0
+    stopped_early = None
+    start = time.perf_counter()
+    try:
+        for batch in reader.batches(batch_size):
+            with timer.stage("inference"):
+                detections = detector.detect([frame.image for frame in batch])
+            for frame, found in zip(batch, detections, strict=True):
+                with timer.stage("postprocess"):
+                    persons = found.persons(detector.score_thresh)
+                    person_boxes = letterbox.to_canvas(persons.boxes)
+                    main_person = selector.update(person_boxes, persons.scores)
+                with timer.stage("encode"):
+                    record = {
+                        "frame": frame.index,
+                        "time_s": round(frame.index / source.fps, 3),
+                        "main_person": None if main_person is None else rounded(main_person.box),
+                        "score": None if main_person is None else round(main_person.score, 3),
+                        "held": bool(main_person is not None and main_person.held),
+                        "persons": [
+                            {"box": rounded(box), "score": round(float(score), 3)}
+                            for box, score in zip(person_boxes, persons.scores, strict=True)
+                        ],
+                    }
+                    if video is not None:
+                        canvas = letterbox.canvas(cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+                        annotate(canvas, person_boxes, persons.scores, main_person, f"frame {frame.index}")
+                        video.write(canvas)
+                # decode start -> outputs written, less the queue backlog that only a faster-than-real-time source builds
+                latency = time.perf_counter() - frame.start_time - frame.queue_wait
+                record["latency_ms"] = round(latency * 1e3, 1)
+                jsonl.write(record)
+                latencies.append(latency)
+                with_main_person += main_person is not None
+            jsonl.flush()
+            progress.update(len(batch))
+    except BrokenPipeError:  # `... --jsonl - | head`: the reader of stdout is gone; stop cleanly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        stopped_early = "stdout closed"
+    except BaseException:
+        if video is not None:
+            video.abort()
+        jsonl.abort()
+        raise
+    finally:
+        reader.close()
+        progress.close()
+    wall_s = time.perf_counter() - start
+    if not latencies:
+        if video is not None:
+            video.abort()
+        jsonl.abort()
+        raise UserError(f"{args.source}: no frame could be decoded")
+    if video is not None:
+        video.close()
+    jsonl.close()
+
+    frames = len(latencies)
+    results = {
+        "source": str(args.source),
+        "frames": frames,
+        "bad_frames": source.bad_frames,
+        "frames_with_main_person": with_main_person,
+        "fps_end_to_end": frames / wall_s,
+        "wall_s": wall_s,
+        "load_s": load_s,
+        "latency_ms": summarize(latencies),
+        "stages": timer.summary(),
+        "detector": detector.describe(),
+        "device": str(device),
+        "threads": threads,
+        "batch_size": batch_size,
+        "output_size": [OUTPUT_WIDTH, OUTPUT_HEIGHT],
+        "letterbox": {"scale": letterbox.scale, "left": letterbox.left, "top": letterbox.top},
+        "video": None if video is None else str(video.path),
+        "jsonl": "-" if jsonl.to_stdout else str(jsonl.path),
+        "stopped_early": stopped_early,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    if source.bad_frames:
+        print(f"warning: skipped {len(source.bad_frames)} unreadable frame(s): {source.bad_frames[:10]}", file=sys.stderr)
+    print(
+        f"{frames} frames, {with_main_person} with a main person, {results['fps_end_to_end']:.1f} FPS end to end, "
+        f"latency median {results['latency_ms']['median_ms']:.0f} ms p95 {results['latency_ms']['p95_ms']:.0f} ms "
+        f"({detector.name}, {device}, {threads} threads, batch {batch_size})\n{format_summary(results['stages'])}\n"
+        f"results: {out / 'results.json'}",
+        file=sys.stderr,
+    )
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser().parse_args())
