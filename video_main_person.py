@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from utils.cli import UserError, resolve_device, run_cli, seed_everything, set_threads
+from utils.cli import HelpFormatter, UserError, resolve_device, run_cli, seed_everything, set_threads
 from utils.detectors import DETECTORS, TORCHVISION_DETECTORS, build_detector
 from utils.draw import HELD_COLOR, MAIN_COLOR, OTHER_COLOR, draw_box, draw_caption
 from utils.metrics import box_iou
@@ -200,13 +200,13 @@ def annotate(canvas: np.ndarray, person_boxes: np.ndarray, person_scores: np.nda
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--source", default=DEFAULT_SOURCE, help="video file, stream URL, camera index or image folder")
     parser.add_argument("--out", default="runs/main_person", help="folder for main_person.mp4, results.json and the JSONL")
     parser.add_argument(
         "--jsonl", default=None, help="where the per-frame JSON lines go: a path, or - for stdout (default: OUT/main_person.jsonl)"
     )
-    parser.add_argument("--no-video", action="store_true", help="do not write the annotated video")
+    parser.add_argument("--no-video", action="store_true", help="do not write the annotated video (default: write it)")
     parser.add_argument(
         "--detector", default="fasterrcnn_resnet50_fpn", choices=DETECTORS, help="detector (ssdlite_person is bundled and pretrained)"
     )
@@ -218,7 +218,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         default=None,
-        help="frames per inference call (default: 1 on CPU, where batching measured no faster, 8 on CUDA)",
+        help="frames per inference call (default: 4 on CPU, +10-20%% FPS over 1; 8 on CUDA; 1 gives the lowest latency)",
     )
     parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: all)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all cores)")
@@ -229,7 +229,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--switch-margin", type=float, default=1.3, help="salience ratio another person needs to take over")
     parser.add_argument("--switch-frames", type=int, default=3, help="frames in a row the challenger must win to take over")
     parser.add_argument("--hold-frames", type=int, default=5, help="frames the main person is held over detector misses")
-    parser.add_argument("--seed", type=int, default=0, help="seed (random-weight runs are reproducible)")
+    parser.add_argument("--seed", type=int, default=0, help="seed (random-weight runs are then reproducible)")
     return parser
 
 
@@ -254,8 +254,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     selector = MainPersonSelector(OUTPUT_WIDTH, OUTPUT_HEIGHT, args.switch_margin, args.switch_frames, args.hold_frames)
     timer = StageTimer(cuda_sync=device.type == "cuda")
-    video = None if args.no_video else VideoWriter(out / "main_person.mp4", source.fps, OUTPUT_WIDTH, OUTPUT_HEIGHT)
     jsonl = JsonLines(args.jsonl or str(out / "main_person.jsonl"))
+    try:
+        video = None if args.no_video else VideoWriter(out / "main_person.mp4", source.fps, OUTPUT_WIDTH, OUTPUT_HEIGHT)
+    except UserError:
+        jsonl.abort()
+        raise
 
     def prepare(frame: np.ndarray) -> np.ndarray:  # runs on the reader thread, overlapping inference
         return cv2.cvtColor(letterbox.resize(frame), cv2.COLOR_BGR2RGB)

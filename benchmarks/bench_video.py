@@ -32,7 +32,7 @@ from torchvision.transforms import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import video_main_person
-from utils.cli import UserError, run_cli, set_threads
+from utils.cli import HelpFormatter, UserError, run_cli, set_threads
 from utils.detectors import PERSON, TorchvisionDetector, build_torchvision_model
 from utils.metrics import box_iou
 from utils.video import Letterbox, VideoSource
@@ -157,7 +157,7 @@ def ablation(frames: list[np.ndarray], weights: str, repeats: int) -> list[tuple
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--source", default="assets/videos/tud-campus.mp4", help="clip to run both pipelines on")
     parser.add_argument("--max-frames", type=int, default=20, help="frames to time (the reference takes seconds each)")
     parser.add_argument(

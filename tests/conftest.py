@@ -35,3 +35,21 @@ def frame_folder(tmp_path) -> Path:
         shutil.copy(TUD_CAMPUS / "img1" / f"{number:06d}.jpg", folder / f"{number:06d}.jpg")
     (folder / "000004.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     return folder
+
+
+@pytest.fixture
+def corrupt_video(tmp_path) -> Path:
+    """A 10-frame MJPEG AVI of real TUD-Campus frames whose 6th frame (index 5) has its JPEG data wiped."""
+    import cv2
+
+    path = tmp_path / "corrupt.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25, (640, 480))
+    for number in range(1, 11):
+        writer.write(cv2.imread(str(TUD_CAMPUS / "img1" / f"{number:06d}.jpg")))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    jpeg_starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    assert len(jpeg_starts) == 10
+    data[jpeg_starts[5] : jpeg_starts[5] + 600] = bytes(600)  # destroys that frame's JPEG headers
+    path.write_bytes(bytes(data))
+    return path

@@ -38,6 +38,12 @@ def test_image_folder_skips_and_counts_a_corrupt_frame(frame_folder):
     assert source.bad_frames == [3]
 
 
+def test_video_file_skips_and_counts_a_corrupt_frame(corrupt_video):
+    source = VideoSource(str(corrupt_video))
+    assert [index for index, _ in source] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+    assert source.bad_frames == [5]
+
+
 def written(path, content: bytes) -> str:
     path.write_bytes(content)
     return str(path)

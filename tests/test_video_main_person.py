@@ -131,7 +131,14 @@ def test_torchvision_detector_through_the_pipeline(tmp_path):
     assert not (tmp_path / "out" / "main_person.mp4").exists()
 
 
-def test_corrupt_frame_in_the_middle_is_skipped_and_counted(tmp_path, frame_folder):
+def test_corrupt_video_frame_is_skipped_counted_and_the_run_goes_on(tmp_path, corrupt_video):
+    results = run(tmp_path, "--source", str(corrupt_video), "--detector", "ssdlite_person")
+    assert results["frames"] == 9 and results["bad_frames"] == [5]
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "main_person.mp4"))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 9
+
+
+def test_corrupt_image_in_a_folder_is_skipped_and_counted(tmp_path, frame_folder):
     results = run(tmp_path, "--source", str(frame_folder), "--detector", "ssdlite_person")
     assert results["frames"] == 5 and results["bad_frames"] == [3]
     records = [json.loads(line) for line in (tmp_path / "out" / "main_person.jsonl").read_text().splitlines()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import sys
@@ -14,6 +15,14 @@ import torch
 
 class UserError(Exception):
     """An expected failure (bad input, no weights offline...): printed as one line, exit code 1."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends '(default: X)' to every flag's help unless the help already states its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        return help_text if "default:" in help_text else super()._get_help_string(action)
 
 
 def run_cli(main: Callable[[Any], Any], args: Any) -> None:
