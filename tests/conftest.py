@@ -53,3 +53,31 @@ def corrupt_video(tmp_path) -> Path:
     data[jpeg_starts[5] : jpeg_starts[5] + 600] = bytes(600)  # destroys that frame's JPEG headers
     path.write_bytes(bytes(data))
     return path
+
+
+def make_sequence(root: Path, name: str, frames: range, with_seqinfo: bool = True) -> Path:
+    """A MOT sequence folder `name` holding the given TUD-Campus frames renumbered from 1, with their gt rows."""
+    sequence = root / name
+    (sequence / "img1").mkdir(parents=True)
+    (sequence / "gt").mkdir()
+    for new, old in enumerate(frames, start=1):
+        shutil.copy(TUD_CAMPUS / "img1" / f"{old:06d}.jpg", sequence / "img1" / f"{new:06d}.jpg")
+    renumber = {old: new for new, old in enumerate(frames, start=1)}
+    lines = []
+    for line in (TUD_CAMPUS / "gt" / "gt.txt").read_text().splitlines():
+        fields = line.split(",")
+        if int(fields[0]) in renumber:
+            lines.append(",".join([str(renumber[int(fields[0])]), *fields[1:]]))
+    (sequence / "gt" / "gt.txt").write_text("\n".join(lines) + "\n")
+    if with_seqinfo:
+        (sequence / "seqinfo.ini").write_text(f"[Sequence]\nname={name}\nimDir=img1\nframeRate=25\nseqLength={len(frames)}\nimWidth=640\nimHeight=480\nimExt=.jpg\n")
+    return sequence
+
+
+@pytest.fixture
+def two_sequences(tmp_path) -> Path:
+    """A MOT root with two short sequences cut from TUD-Campus: A (frames 1-14) and B (frames 40-51, no seqinfo)."""
+    root = tmp_path / "mot"
+    make_sequence(root, "A", range(1, 15))
+    make_sequence(root, "B", range(40, 52), with_seqinfo=False)
+    return root

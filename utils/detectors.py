@@ -13,6 +13,7 @@ Labels are COCO category ids (1 = person) whatever the backend.
 from __future__ import annotations
 
 import itertools
+import sys
 import urllib.error
 import urllib.parse
 from abc import ABC, abstractmethod
@@ -90,13 +91,20 @@ class Detector(ABC):
 
 def build_torchvision_model(name: str, weights: str = "DEFAULT", **kwargs: Any) -> nn.Module:
     """A torchvision detection model with weights 'DEFAULT' (torchvision's, downloaded once into the torch cache),
-    'none' (random init, for speed tests) or a path to a state_dict (raw, or under a 'model' key).
+    'none' (random init, for speed tests), a path to a state_dict (raw, or under a 'model' key), or 'auto'
+    (DEFAULT when it can be had, else random init with a warning on stderr: for training scripts' defaults).
 
     kwargs go to the builder (min_size, max_size, rpn_post_nms_top_n_test, ...). Never falls back silently:
     DEFAULT offline and a checkpoint that does not fit are UserErrors.
     """
     if name not in TORCHVISION_DETECTORS:
         raise UserError(f"unknown torchvision detector {name!r}; choose from {', '.join(TORCHVISION_DETECTORS)}")
+    if weights.lower() == "auto":
+        try:
+            return build_torchvision_model(name, "DEFAULT", **kwargs)
+        except UserError as error:
+            print(f"warning: {error}\nwarning: --weights auto: {name} starts from RANDOM weights", file=sys.stderr)
+            return build_torchvision_model(name, "none", **kwargs)
     builder = torchvision.models.get_model_builder(name)
     if weights.upper() == "DEFAULT":
         default = torchvision.models.get_model_weights(name).DEFAULT
