@@ -65,7 +65,9 @@ def make_windows(sequences: Sequence[MotSequence], seq_len: int, stride: int, fr
     return windows
 
 
-def split_frames(sequences: Sequence[MotSequence], val_sequences: Sequence[str] = (), val_fraction: float = 0.0) -> tuple[list[range], list[range]]:
+def split_frames(
+    sequences: Sequence[MotSequence], val_sequences: Sequence[str] = (), val_fraction: float = 0.0
+) -> tuple[list[range], list[range]]:
     """(train, val) frame ranges per sequence: named sequences go to val whole; else the last val_fraction of each."""
     unknown = set(val_sequences) - {sequence.name for sequence in sequences}
     if unknown:
@@ -190,7 +192,14 @@ def load_sequences(data: str) -> list[MotSequence]:
 
 
 def window_batches(
-    windows: Sequence[Window], batch_size: int, mode: str, seed: int = 0, epoch: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True
+    windows: Sequence[Window],
+    batch_size: int,
+    mode: str,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    world: int = 1,
+    shuffle: bool = True,
 ) -> list[list[int]]:
     """One epoch's batches of window indices for one rank (of `world`). Deterministic in (seed, epoch), so a resumed
     run meets exactly the batches it would have met, and every rank gets as many batches as the others (DDP)."""
@@ -225,7 +234,10 @@ def build_loader(
         raise UserError(f"no sequence has {seq_len} frames: nothing to load (lower --seq-len)")
     batches = window_batches(windows, batch_size, mode, seed, epoch, rank, world, shuffle)[skip:]
     dataset = MotWindowDataset(sequences, windows, size)
-    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_windows, num_workers=workers)
+    # Its own generator: a DataLoader otherwise draws its base seed from the global RNG, so that a resumed run (a new
+    # loader mid-epoch) would see different random numbers from then on than the run it continues.
+    generator = torch.Generator().manual_seed(seed + epoch)
+    return DataLoader(dataset, batch_sampler=batches, collate_fn=collate_windows, num_workers=workers, generator=generator)
 
 
 def draw_contact_sheet(frames: torch.Tensor, targets: list[list[dict[str, torch.Tensor]]], meta: list[dict[str, Any]], path: Path) -> None:
@@ -270,9 +282,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     seed_everything(args.seed)
     sequences = load_sequences(args.data)
     train_ranges, val_ranges = split_frames(sequences, args.val_sequences, args.val_fraction)
-    loader = build_loader(sequences, train_ranges, args.seq_len, args.batch_size, args.mode, args.stride, tuple(args.size) if args.size else None, seed=args.seed)
+    loader = build_loader(
+        sequences,
+        train_ranges,
+        args.seq_len,
+        args.batch_size,
+        args.mode,
+        args.stride,
+        tuple(args.size) if args.size else None,
+        seed=args.seed,
+    )
     val_windows = make_windows(sequences, args.seq_len, args.seq_len, val_ranges) if (args.val_sequences or args.val_fraction) else []
-    print(f"{len(sequences)} sequence(s), {len(loader.dataset)} train windows, {len(val_windows)} val windows, {len(loader)} batches ({args.mode})")
+    print(
+        f"{len(sequences)} sequence(s), {len(loader.dataset)} train windows, {len(val_windows)} val windows, {len(loader)} batches ({args.mode})"
+    )
     shapes, batches = [], []
     for number, (frames, targets, meta) in zip(range(args.batches), loader, strict=False):
         shapes.append(tuple(frames.shape))
@@ -284,7 +307,13 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         if number == 0 and args.plot:
             draw_contact_sheet(frames, targets, meta, Path(args.plot))
             print(f"contact sheet: {args.plot}")
-    return {"shapes": shapes, "batches": batches, "train_windows": len(loader.dataset), "val_windows": len(val_windows), "num_batches": len(loader)}
+    return {
+        "shapes": shapes,
+        "batches": batches,
+        "train_windows": len(loader.dataset),
+        "val_windows": len(val_windows),
+        "num_batches": len(loader),
+    }
 
 
 if __name__ == "__main__":

@@ -265,7 +265,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--data", default="assets/data", help="a MOTChallenge sequence folder, or a folder of them")
     parser.add_argument("--detector", default="fasterrcnn_resnet50_fpn", choices=TORCHVISION_DETECTORS, help="base detector")
-    parser.add_argument("--weights", default="auto", help="auto (DEFAULT when it can be had, else random, with a warning), DEFAULT, none or a path")
+    parser.add_argument(
+        "--weights", default="auto", help="auto (DEFAULT when it can be had, else random, with a warning), DEFAULT, none or a path"
+    )
     parser.add_argument("--seq-len", type=int, default=4, help="frames per window in the demo")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(240, 320), help="frame size")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")

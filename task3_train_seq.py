@@ -21,6 +21,7 @@ import csv
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -165,7 +166,10 @@ def plot_training(out: Path, history: list[dict[str, float]]) -> None:
     steps = [row["step"] for row in history]
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for axis, key, title in zip(
-        axes, ("loss", "stateful_grad_norm", "stateful_weight_change"), ("training loss", "stateful layer: gradient norm", "stateful layer: ||w - w0||"), strict=True
+        axes,
+        ("loss", "stateful_grad_norm", "stateful_weight_change"),
+        ("training loss", "stateful layer: gradient norm", "stateful layer: ||w - w0||"),
+        strict=True,
     ):
         axis.plot(steps, [row[key] for row in history], marker="o", markersize=3)
         axis.set_title(title)
@@ -183,7 +187,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
     parser.add_argument("--data", default="assets/data", help="a MOTChallenge sequence folder, or a folder of them")
     parser.add_argument("--detector", default="fasterrcnn_resnet50_fpn", choices=TORCHVISION_DETECTORS, help="base detector")
-    parser.add_argument("--weights", default="auto", help="auto (DEFAULT when it can be had, else random, with a warning), DEFAULT, none or a path")
+    parser.add_argument(
+        "--weights", default="auto", help="auto (DEFAULT when it can be had, else random, with a warning), DEFAULT, none or a path"
+    )
     parser.add_argument("--mode", choices=("random", "stream"), default="stream", help="reset the state per window, or carry it (TBPTT)")
     parser.add_argument("--seq-len", type=int, default=10, help="frames per window")
     parser.add_argument("--stride", type=int, default=5, help="frames between window starts (random mode)")
@@ -202,7 +208,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: 0, only at the end)")
     parser.add_argument("--checkpoint-every", type=int, default=50, help="save a checkpoint every N steps (and at the end)")
     parser.add_argument("--resume", default=None, help="checkpoint to continue from, bit for bit")
-    parser.add_argument("--stop-after", type=int, default=None, help="leave after this many steps in this run, schedule unchanged (time-limited jobs)")
+    parser.add_argument(
+        "--stop-after", type=int, default=None, help="leave after this many steps in this run, schedule unchanged (time-limited jobs)"
+    )
     parser.add_argument("--out", default="runs/train_seq", help="folder for checkpoint.pt, metrics.json/.csv, training.png")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
@@ -256,8 +264,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         try:
             checkpoint = torch.load(args.resume, map_location=device, weights_only=False)
             model.load_state_dict(checkpoint["model"])
-        except (OSError, RuntimeError, KeyError) as error:
-            raise UserError(f"cannot resume from {args.resume}: {str(error).splitlines()[0][:160]}") from None
+        except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as error:
+            message = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+            raise UserError(f"cannot resume from {args.resume}: {message}") from None
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
@@ -282,6 +291,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         for frames, targets, meta in loader:
             model.train()
+            if args.freeze_detector:  # frozen means its batch-norm statistics too, not only its weights
+                for module in model.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
             if args.mode == "random":
                 model.reset_state()
             else:
@@ -291,7 +304,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 losses = ddp_model(frames.to(device), to_device(targets, device))
                 loss = sum(losses.values())
             if not torch.isfinite(loss):
-                raise UserError(f"step {step}: loss is {float(loss)} ({ {k: float(v) for k, v in losses.items()} }); lower --lr or check the data")
+                raise UserError(
+                    f"step {step}: loss is {loss.item()} ({ {k: v.item() for k, v in losses.items()} }); lower --lr or check the data"
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)

@@ -70,7 +70,9 @@ def make_sequence(root: Path, name: str, frames: range, with_seqinfo: bool = Tru
             lines.append(",".join([str(renumber[int(fields[0])]), *fields[1:]]))
     (sequence / "gt" / "gt.txt").write_text("\n".join(lines) + "\n")
     if with_seqinfo:
-        (sequence / "seqinfo.ini").write_text(f"[Sequence]\nname={name}\nimDir=img1\nframeRate=25\nseqLength={len(frames)}\nimWidth=640\nimHeight=480\nimExt=.jpg\n")
+        (sequence / "seqinfo.ini").write_text(
+            f"[Sequence]\nname={name}\nimDir=img1\nframeRate=25\nseqLength={len(frames)}\nimWidth=640\nimHeight=480\nimExt=.jpg\n"
+        )
     return sequence
 
 

@@ -4,7 +4,16 @@ import torch
 from conftest import TUD_CAMPUS
 
 import task1_seq_loader as loader_script
-from task1_seq_loader import Window, build_loader, collate_windows, load_sequences, make_windows, split_frames, stream_resets, window_batches
+from task1_seq_loader import (
+    Window,
+    build_loader,
+    collate_windows,
+    load_sequences,
+    make_windows,
+    split_frames,
+    stream_resets,
+    window_batches,
+)
 from utils.cli import UserError
 from utils.mot import read_mot_boxes
 
@@ -116,7 +125,21 @@ def test_missing_frame_and_malformed_gt_are_named(two_sequences):
 
 
 def test_contact_sheet(tmp_path):
-    run("--data", str(TUD_CAMPUS), "--seq-len", "3", "--batch-size", "2", "--size", "120", "160", "--batches", "1", "--plot", str(tmp_path / "sheet.png"))
+    run(
+        "--data",
+        str(TUD_CAMPUS),
+        "--seq-len",
+        "3",
+        "--batch-size",
+        "2",
+        "--size",
+        "120",
+        "160",
+        "--batches",
+        "1",
+        "--plot",
+        str(tmp_path / "sheet.png"),
+    )
     import cv2
 
     sheet = cv2.imread(str(tmp_path / "sheet.png"))

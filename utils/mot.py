@@ -82,7 +82,9 @@ def read_mot_sequence(root: str | Path, need_gt: bool = True) -> MotSequence:
     image_dir = root / section.get("imDir", "img1")
     if not image_dir.is_dir():
         raise UserError(f"{root}: no {image_dir.name}/ folder of frames (not a MOTChallenge sequence)")
-    extension = section.get("imExt") or next((p.suffix for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS), ".jpg")
+    extension = section.get("imExt") or next(
+        (p.suffix for p in sorted(image_dir.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS), ".jpg"
+    )
     length = int(section.get("seqLength", 0)) or sum(1 for p in image_dir.iterdir() if p.suffix == extension)
     if length == 0:
         raise UserError(f"{image_dir}: no {extension} frames")
