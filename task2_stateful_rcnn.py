@@ -73,6 +73,7 @@ class StatefulFasterRCNN(nn.Module):
         self.roi_heads = detector.roi_heads
         self.temporal = ConvGRUCell(detector.backbone.out_channels, hidden, gate_init)
         self.use_state = True  # False: the plain detector (the stateless baseline), same weights
+        self.backbone_chunk: int | None = None  # frames per backbone call; None: all B*T at once
         self.state: State | None = None
 
     # ---- state API ----------------------------------------------------------------------------------------------
@@ -138,6 +139,13 @@ class StatefulFasterRCNN(nn.Module):
         self.state = new_state
         return out
 
+    def _backbone(self, images: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        """The backbone on all frames, in chunks of backbone_chunk: one call per chunk, no order between frames."""
+        if not self.backbone_chunk or len(images) <= self.backbone_chunk:
+            return self.backbone(images)
+        parts = [self.backbone(chunk) for chunk in images.split(self.backbone_chunk)]
+        return OrderedDict((level, torch.cat([part[level] for part in parts])) for level in parts[0])
+
     def _encode(self, frames: torch.Tensor, targets: list[list[dict[str, torch.Tensor]]] | None) -> tuple:
         """Transform, backbone on all B*T frames at once (stateless: the expensive part, batched), then the GRU."""
         if frames.dim() != 5:
@@ -147,7 +155,7 @@ class StatefulFasterRCNN(nn.Module):
         flat_targets = [target for window in targets for target in window] if targets is not None else None
         original_sizes = [tuple(image.shape[-2:]) for image in images]
         image_list, flat_targets = self.transform(images, flat_targets)
-        features = self.backbone(image_list.tensors)
+        features = self._backbone(image_list.tensors)
         if self.use_state:
             features = self._recur(features, batch, steps)
         return image_list, flat_targets, features, original_sizes

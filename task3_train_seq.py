@@ -53,6 +53,14 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), world
 
 
+def auto_chunk(choice: str, device: torch.device) -> int | None:
+    """--backbone-chunk: 'auto' is 4 frames per call on CPU, where 20 frames of activations overflow the cache and
+    one big call measured 1.5x slower (benchmarks/bench_seq_train.py), and all at once on CUDA."""
+    if choice == "auto":
+        return None if device.type == "cuda" else 4
+    return None if choice == "all" else int(choice)
+
+
 def stateful_parameters(model: StatefulFasterRCNN) -> list[nn.Parameter]:
     return list(model.temporal.parameters())
 
@@ -204,6 +212,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup-steps", type=int, default=20, help="linear warm-up steps")
     parser.add_argument("--clip-grad", type=float, default=10.0, help="max gradient norm (all trained parameters)")
     parser.add_argument("--freeze-detector", action="store_true", help="train only the stateful layer (default: train all)")
+    parser.add_argument("--backbone-chunk", default="auto", help="frames per backbone call: auto (4 on CPU, all on CUDA), all, or N")
     parser.add_argument("--proposals", type=int, default=300, help="RPN proposals per frame at evaluation")
     parser.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: 0, only at the end)")
     parser.add_argument("--checkpoint-every", type=int, default=50, help="save a checkpoint every N steps (and at the end)")
@@ -248,6 +257,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     ##### model and optimizer: the stateful layer gets its own (higher) learning rate
     model = build_stateful_model(args.detector, args.weights, size, proposals=args.proposals).to(device)
+    model.backbone_chunk = auto_chunk(args.backbone_chunk, device)
     if args.freeze_detector:
         for name, parameter in model.named_parameters():
             parameter.requires_grad = name.startswith("temporal.")
