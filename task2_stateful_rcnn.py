@@ -1,7 +1,8 @@
 """torchvision Faster R-CNN with a trainable stateful layer: a ConvGRU on the FPN features, between the backbone and
 the RPN/RoI heads, whose state resets, saves, restores and round-robins between sequences.
 
-    frames (B, T, C, H, W) -> backbone + FPN on all B*T frames at once (stateless: the expensive part, batched)
+    frames (B, T, C, H, W) -> backbone + FPN on all B*T frames (stateless: the expensive part, batched; in chunks of
+                              backbone_chunk frames where one big batch overflows the CPU's cache)
                            -> ConvGRU walks t = 0..T-1 on every FPN level, one state per stream and level
                            -> RPN + RoI heads on all B*T frames at once
                            -> training: dict of losses over the B*T frames; eval: detections [B][T]
@@ -269,13 +270,18 @@ def check_state_behaviour(model: StatefulFasterRCNN, window_a: torch.Tensor, win
     return results
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+def add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
+    """--data, --detector, --weights: the flags every script built on this model shares."""
     parser.add_argument("--data", default="assets/data", help="a MOTChallenge sequence folder, or a folder of them")
     parser.add_argument("--detector", default="fasterrcnn_resnet50_fpn", choices=TORCHVISION_DETECTORS, help="base detector")
     parser.add_argument(
         "--weights", default="auto", help="auto (DEFAULT when it can be had, else random, with a warning), DEFAULT, none or a path"
     )
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    add_data_and_model_args(parser)
     parser.add_argument("--seq-len", type=int, default=4, help="frames per window in the demo")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(240, 320), help="frame size")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")

@@ -35,9 +35,9 @@ from torch import nn
 from tqdm import tqdm
 
 from task1_seq_loader import build_loader, load_sequences, make_windows, split_frames, stream_resets, window_batches
-from task2_stateful_rcnn import StatefulFasterRCNN, build_stateful_model
+from task2_stateful_rcnn import StatefulFasterRCNN, add_data_and_model_args, build_stateful_model
 from utils.cli import HelpFormatter, UserError, resolve_device, run_cli, seed_everything, set_threads
-from utils.detectors import PERSON, TORCHVISION_DETECTORS
+from utils.detectors import PERSON
 
 ######################################################################################################################
 # Set-up: distributed, model, optimizer
@@ -137,7 +137,7 @@ def evaluate(model: StatefulFasterRCNN, loader: Any, device: torch.device, use_s
 
     model.eval()
     model.use_state = use_state
-    metric = MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
+    metric = MeanAveragePrecision(iou_type="bbox", backend="pycocotools", sync_on_compute=False)  # rank 0 evaluates alone
     previous = None
     for frames, targets, meta in loader:
         reset_streams(model, previous, meta)
@@ -193,11 +193,7 @@ def plot_training(out: Path, history: list[dict[str, float]]) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    parser.add_argument("--data", default="assets/data", help="a MOTChallenge sequence folder, or a folder of them")
-    parser.add_argument("--detector", default="fasterrcnn_resnet50_fpn", choices=TORCHVISION_DETECTORS, help="base detector")
-    parser.add_argument(
-        "--weights", default="auto", help="auto (DEFAULT when it can be had, else random, with a warning), DEFAULT, none or a path"
-    )
+    add_data_and_model_args(parser)
     parser.add_argument("--mode", choices=("random", "stream"), default="stream", help="reset the state per window, or carry it (TBPTT)")
     parser.add_argument("--seq-len", type=int, default=10, help="frames per window")
     parser.add_argument("--stride", type=int, default=5, help="frames between window starts (random mode)")
@@ -253,6 +249,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if not train_windows:
         raise UserError(f"no training window of {args.seq_len} frames (shorter sequences, or too much held out)")
     steps_per_epoch = len(window_batches(train_windows, args.batch_size, args.mode, args.seed, 0, rank, world))
+    if steps_per_epoch == 0:
+        raise UserError(f"{len(train_windows)} training windows make no batch for {world} process(es)")
     has_val = bool(make_windows(sequences, args.seq_len, args.seq_len, val_ranges))
 
     ##### model and optimizer: the stateful layer gets its own (higher) learning rate

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import TUD_CAMPUS
+from conftest import TINY_MODEL_ARGS, TUD_CAMPUS
 
 import task2_stateful_rcnn as task2
 from task1_seq_loader import build_loader, load_sequences
@@ -97,21 +97,7 @@ def test_reset_some_streams_only(batch):
 
 
 def test_cli_demo_passes_every_check(capsys):
-    args = task2.get_args_parser().parse_args(
-        [
-            "--data",
-            str(TUD_CAMPUS),
-            "--detector",
-            "fasterrcnn_mobilenet_v3_large_320_fpn",
-            "--weights",
-            "none",
-            "--size",
-            "120",
-            "160",
-            "--seq-len",
-            "3",
-        ]
-    )
+    args = task2.get_args_parser().parse_args(["--data", str(TUD_CAMPUS), *TINY_MODEL_ARGS])
     results = task2.main(args)
     printed = capsys.readouterr().out
     assert len(results) == 5 and "FAILED" not in printed and printed.count(" ok") == 5

@@ -2,26 +2,14 @@ import json
 
 import pytest
 import torch
-from conftest import TUD_CAMPUS
+from conftest import TINY_MODEL_ARGS, TUD_CAMPUS
 
 import task3_train_seq as task3
 from task1_seq_loader import build_loader, load_sequences
 from task2_stateful_rcnn import StatefulFasterRCNN, build_stateful_model
 from utils.cli import UserError
 
-TINY = [
-    "--detector",
-    "fasterrcnn_mobilenet_v3_large_320_fpn",
-    "--weights",
-    "none",
-    "--size",
-    "120",
-    "160",
-    "--seq-len",
-    "3",
-    "--warmup-steps",
-    "1",
-]
+TINY = [*TINY_MODEL_ARGS, "--warmup-steps", "1"]
 
 
 def train(out, *argv):
@@ -101,3 +89,18 @@ def test_bad_input(tmp_path):
     (tmp_path / "bad.pt").write_text("not a checkpoint")
     with pytest.raises(UserError, match="cannot resume from"):
         train(tmp_path, "--max-steps", "1", "--resume", str(tmp_path / "bad.pt"))
+
+
+@pytest.mark.slow
+def test_runs_under_torchrun_ddp_on_cpu(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "task3_train_seq.py", "--data", str(TUD_CAMPUS)]
+    command += [*TINY, "--max-steps", "2", "--threads", "1", "--val-fraction", "0", "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["world_size"] == 2 and results["steps"] == 2
