@@ -153,7 +153,8 @@ def test_corrupt_image_in_a_folder_is_skipped_and_counted(tmp_path, frame_folder
     "argv, message",
     [
         (["--source", "missing.mp4"], "no such file"),
-        (["--source", str(REPO / "requirements.txt")], "no readable video"),
+        (["--source", str(REPO / "requirements.txt")], "a text file, not a video"),
+        (["--source", str(REPO / "README.md")], "no readable video"),
         (["--source", "9"], "camera 9 could not be opened"),
         (["--source", str(TUD_CLIP), "--batch-size", "0"], "--batch-size must be at least 1"),
     ],

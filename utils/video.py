@@ -25,6 +25,8 @@ from utils.cli import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_FPS = 25.0  # image folders and streams that do not say their rate
+# FFmpeg's 'tty' demuxer plays these text files as ANSI-art "video": refuse them instead of detecting in ASCII art
+TEXT_EXTENSIONS = {".txt", ".ans", ".art", ".asc", ".diz", ".ice", ".nfo", ".vt"}
 MAX_CONSECUTIVE_BAD_FRAMES = 25  # past this many unreadable frames in a row, a file is taken to be over
 
 
@@ -95,6 +97,8 @@ class VideoSource:
         elif Path(text).is_file():
             if Path(text).stat().st_size == 0:
                 raise UserError(f"{text} is an empty file, not a video")
+            if Path(text).suffix.lower() in TEXT_EXTENSIONS:
+                raise UserError(f"{text} is a text file, not a video")
             self._open_capture(text, f"{text} holds no readable video (not a video, corrupt, or zero frames)")
         else:
             raise UserError(f"{text}: no such file, folder, URL or camera index")
