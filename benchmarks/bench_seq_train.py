@@ -7,8 +7,8 @@ Both do the same work per step: forward over B*T frames with the ConvGRU walking
 all T steps (BPTT), one AdamW step. The loop's loss is the mean of its T per-frame losses, so both optimise the
 same quantity. Steps alternate between the two (round-robin) so that drift in the machine's speed hits both alike.
 
-Measured (2-core AMD EPYC, resnet50-FPN, B=2, T=10, 240x427, 1 round): loop 34.9 s, batched in chunks of 4 34.6 s,
-batched all at once 51.7 s. On this CPU the convolutions are compute-bound and 20 frames of activations overflow the
+Measured (2-core AMD EPYC, resnet50-FPN, B=2, T=10, 240x427, median of 3 rounds): loop 39.3 s, batched in chunks
+of 4 39.1 s (1.01x), batched all at once 53.3 s. On this CPU the convolutions are compute-bound and 20 frames of activations overflow the
 32 MB L3, so one big batch is slower, not faster; batching pays where per-call overhead dominates (a GPU).
 
 Run:
