@@ -12,7 +12,6 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 TUD_CAMPUS = REPO / "assets" / "data" / "TUD-Campus"
 TUD_CLIP = REPO / "assets" / "videos" / "tud-campus.mp4"
-DEMO_CLIP = REPO / "assets" / "videos" / "one-by-one-person-detection.mp4"
 # A small, fast stateful detector for the sequence scripts' tests: random weights, 120x160 frames, 3-frame windows
 TINY_MODEL_ARGS = ["--detector", "fasterrcnn_mobilenet_v3_large_320_fpn", "--weights", "none", "--size", "120", "160", "--seq-len", "3"]
 

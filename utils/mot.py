@@ -13,10 +13,10 @@ import cv2
 import numpy as np
 
 from utils.cli import UserError
+from utils.video import IMAGE_EXTENSIONS
 
 # MOT16+ gt classes that are people (1 pedestrian, 7 static person); MOT15 writes -1 there, which also counts.
 PERSON_CLASSES = (-1, 1, 7)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 def read_mot_boxes(path: str | Path, gt: bool = True) -> dict[int, np.ndarray]:
