@@ -57,9 +57,9 @@ def make_windows(sequences: Sequence[MotSequence], seq_len: int, stride: int, fr
     windows = []
     for index, sequence in enumerate(sequences):
         frames = frame_ranges[index] if frame_ranges else range(1, len(sequence) + 1)
-        if 0 < len(frames) < seq_len:
-            print(f"warning: {sequence.name} has {len(frames)} frames here, fewer than --seq-len {seq_len}: skipped", file=sys.stderr)
         if len(frames) < seq_len:
+            if frames:  # an empty range is a sequence held out whole, not a short one
+                print(f"warning: {sequence.name} has {len(frames)} frames here, fewer than --seq-len {seq_len}: skipped", file=sys.stderr)
             continue
         windows += [Window(index, start, seq_len) for start in range(frames.start, frames.stop - seq_len + 1, stride)]
     return windows

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from task1_seq_loader import MotWindowDataset, Window, load_sequences
 from utils.cli import HelpFormatter, UserError, resolve_device, run_cli, seed_everything, set_threads
 from utils.detectors import TORCHVISION_DETECTORS, build_torchvision_model
 
@@ -291,8 +292,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    from task1_seq_loader import MotWindowDataset, Window, load_sequences
-
     seed_everything(args.seed)
     set_threads(args.threads)
     device = resolve_device(args.device)
