@@ -215,6 +215,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument(
+        "--quantized",
+        default=None,
+        help="a model saved by quantise.py: .pt for torchvision detectors (INT8, CPU), .onnx for ssdlite_person (default: none)",
+    )
+    parser.add_argument(
         "--batch-size",
         type=int,
         default=None,
@@ -248,7 +253,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     load_start = time.perf_counter()
     options = {"proposals": args.proposals} if args.detector in TORCHVISION_DETECTORS else {}
-    detector = build_detector(args.detector, args.weights, device, score_thresh=args.min_score, threads=threads, **options)
+    detector = build_detector(
+        args.detector, args.weights, device, score_thresh=args.min_score, threads=threads, quantized=args.quantized, **options
+    )
     detector.warmup(letterbox.content_width, letterbox.content_height, batch_size)
     load_s = time.perf_counter() - load_start
 

@@ -1,7 +1,8 @@
 import torch
 from conftest import REPO
 
-from utils.efficientnet_lite import EfficientNetLite0, load_efficientnet_lite0, preprocess, read_imagenet_samples, same_padding
+from utils.efficientnet_lite import EfficientNetLite0, load_efficientnet_lite0, preprocess, same_padding
+from utils.imagenet import read_imagenet_samples
 
 SAMPLES = REPO / "assets" / "data" / "imagenet-sample-256"
 

