@@ -30,6 +30,7 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_video.py --max-frames 20 --ablation
+	$(BIN)/python benchmarks/bench_quantise.py
 
 clean:
 	rm -rf runs .pytest_cache
