@@ -68,8 +68,11 @@ def test_ssdlite_onnx_runtime_int8_measures_ap_and_agreement(tmp_path):
 
 
 @pytest.mark.slow
-def test_random_weight_detector_says_not_measured_and_its_int8_model_runs_in_video_main_person(tmp_path):
-    results = run(tmp_path, "--weights", "none", "--scheme", "static", "--proposals", "50", "--calib-frames", "4")
+def test_offline_detector_falls_back_to_random_weights_says_not_measured_and_its_int8_model_runs_in_video_main_person(
+    tmp_path, offline, capsys
+):
+    results = run(tmp_path, "--scheme", "static", "--proposals", "50", "--calib-frames", "4")  # default --weights auto
+    assert "--weights auto: random weights" in capsys.readouterr().err
     fp32, static = results["rows"]
     assert set(static["accuracy"].values()) == {quantise.NOT_MEASURED}
     assert static["quantised_layers"]["dynamic Linear"] == 4
@@ -115,7 +118,7 @@ def test_bad_input_is_one_line(tmp_path, argv, message):
 
 def test_offline_default_weights_and_dinov2_are_one_line_errors(tmp_path, offline, monkeypatch):
     with pytest.raises(UserError, match="cannot download fasterrcnn_resnet50_fpn weights"):
-        run(tmp_path, "--scheme", "dynamic")
+        run(tmp_path, "--scheme", "dynamic", "--weights", "DEFAULT")
     monkeypatch.setattr(quantise.torch.hub, "load", lambda *a, **k: (_ for _ in ()).throw(OSError("no internet connection")))
     with pytest.raises(UserError, match=r"dinov2_vits14 comes from torch.hub .* needs internet"):
         run(tmp_path, "--model", "dinov2_vits14", "--scheme", "dynamic")
