@@ -156,15 +156,14 @@ def preprocess_images(name: str, images: list) -> torch.Tensor:
     return torch.stack([transform(image) for image in images])
 
 
-def read_eval_images(name: str, args: argparse.Namespace) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """{set name: (input batch, ImageNet-1k labels)} for a classifier."""
+def read_eval_images(args: argparse.Namespace) -> dict[str, tuple[list, torch.Tensor]]:
+    """{set name: (PIL images, ImageNet-1k labels)}: the classifiers' evaluation sets."""
     from utils.imagenet import read_imagenet_samples, read_tiny_imagenet
 
-    sets = {
+    return {
         "imagenet": read_imagenet_samples(args.imagenet, args.max_images),
         "tiny": read_tiny_imagenet(args.tiny_imagenet, "val", args.max_images),
     }
-    return {key: (preprocess_images(name, images), labels) for key, (images, labels) in sets.items()}
 
 
 ######################################################################################################################
@@ -378,7 +377,7 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         load_state(model, artefact["state_dict"], job["path"])
         model.to(device)
         load_s = time.perf_counter() - start
-        sets = read_eval_images(name, args)
+        sets = {key: (preprocess_images(name, images), labels) for key, (images, labels) in read_eval_images(args).items()}
 
         @torch.inference_mode()
         def run(batch: torch.Tensor) -> torch.Tensor:
@@ -601,7 +600,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             VideoSource(args.calib).close()
 
     rows, reference = [], None
-    labels = {key: value[1] for key, value in read_eval_images(args.model, args).items()} if kind in CLASSIFIERS else None
+    labels = {key: labels for key, (_, labels) in read_eval_images(args).items()} if kind in CLASSIFIERS else None
     gt_boxes = read_eval_frames(args.eval_frames)[1] if kind in ("detector", "onnx") else None
     fp32_artefact = None
     for scheme in tqdm(["fp32", *schemes], desc=f"quantise {args.model}", unit="scheme"):

@@ -45,9 +45,9 @@ def test_efficientnet_static_int8_keeps_top1_and_replaces_the_right_layers(image
     calibration = preprocess(read_tiny_imagenet(split="train", limit=32)[0])
     assert len(padded_depthwise_convs(model)) == 4  # the stride-2 depthwise convs with TF's asymmetric pad stay float
     int8 = quantize_classifier(model, "static", "fbgemm", lambda prepared: prepared(calibration))
-    # 49 convs - 4 float depthwise = 45 INT8 convs, and the classifier Linear
-    assert count_quantized(int8) == {"static Conv2d": 45, "static Linear": 1}
-    assert int8._conv_stem.scale == pytest.approx(6 / 127)  # ReLU6 follows: output range pinned to [0, 6], 7 bits
+    # 49 convs - the float stem and 4 float depthwise = 44 INT8 convs, and the classifier Linear
+    assert count_quantized(int8) == {"static Conv2d": 44, "static Linear": 1}
+    assert int8.get_submodule("_blocks.0._depthwise_conv").scale == pytest.approx(6 / 127)  # ReLU6 follows: range pinned to [0, 6], 7 bits
     with torch.inference_mode():
         fp32_top1 = (model(inputs).argmax(1) == labels).float().mean().item()
         int8_logits = int8(inputs)

@@ -29,6 +29,7 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from utils.cli import UserError
+from utils.quantization import load_state
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SSDLITE_PERSON_PATH = REPO_ROOT / "assets" / "models" / "ped_ssdlite_person.onnx"
@@ -125,11 +126,7 @@ def build_torchvision_model(name: str, weights: str = "DEFAULT", **kwargs: Any) 
         raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        first = str(error).strip().splitlines()
-        raise UserError(f"{path} does not match {name}: {' '.join(first[:2])[:200]}") from None
+    load_state(model, state, path, name)
     return model
 
 
@@ -301,7 +298,7 @@ def load_quantized_detector(
     with random weights, the same quantisation applied (calibrated on a black frame: the real qparams come with the
     state_dict), then the state_dict is loaded strictly. options override the saved sizes/proposals.
     """
-    from utils.quantization import load_state, quantize_detector, read_artefact, set_engine
+    from utils.quantization import quantize_detector, read_artefact, set_engine
 
     artefact = read_artefact(path, name)
     if artefact["model"] not in TORCHVISION_DETECTORS:
