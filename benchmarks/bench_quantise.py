@@ -87,7 +87,7 @@ def bench_detector(args: argparse.Namespace) -> dict:
     fp32 = TorchvisionDetector("fasterrcnn_resnet50_fpn", args.weights, **settings)
     int8 = TorchvisionDetector("fasterrcnn_resnet50_fpn", "none", **settings)
     int8.model.load_state_dict(fp32.model.state_dict())
-    calibration = quantise.read_calib_frames(str(quantise.CALIB_VIDEO), args.calib_frames)
+    calibration = quantise.read_calib_frames(str(quantise.CALIB_VIDEO), args.calib_frames or quantise.CALIB_FRAMES["detector"])
     quantize_detector(
         int8.model, "static", args.backend, lambda: [int8.detect(calibration[i : i + 4]) for i in range(0, len(calibration), 4)]
     )
@@ -106,7 +106,9 @@ def bench_detector(args: argparse.Namespace) -> dict:
 def bench_ssdlite(args: argparse.Namespace) -> dict:
     frames, gt = quantise.read_eval_frames(None)
     with tempfile.TemporaryDirectory() as folder:
-        options = argparse.Namespace(calib=str(quantise.CALIB_VIDEO), calib_frames=args.calib_frames, observer=args.observer)
+        options = argparse.Namespace(
+            calib=str(quantise.CALIB_VIDEO), calib_frames=args.calib_frames or quantise.CALIB_FRAMES["onnx"], observer=args.observer
+        )
         path = quantise.make_onnx_artefact("static", options, Path(folder))
         fp32 = OnnxSSDLitePersonDetector(threads=args.threads, score_thresh=quantise.AP_SCORE_FLOOR)
         int8 = OnnxSSDLitePersonDetector(path, threads=args.threads, score_thresh=quantise.AP_SCORE_FLOOR)
@@ -134,9 +136,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tiny-imagenet", default=str(quantise.REPO_ROOT / "assets" / "data" / "tiny-imagenet-200"), help="Tiny-ImageNet folder"
     )
-    parser.add_argument("--calib-images", type=int, default=200, help="Tiny-ImageNet train images to calibrate efficientnet_lite0 on")
-    parser.add_argument("--calib-frames", type=int, default=32, help="office-video frames to calibrate the detectors on")
-    parser.add_argument("--observer", default="histogram", choices=("histogram", "minmax"), help="activation observer")
+    parser.add_argument(
+        "--calib-images",
+        type=int,
+        default=quantise.CALIB_FRAMES["classifier"],
+        help="Tiny-ImageNet train images to calibrate efficientnet_lite0 on",
+    )
+    parser.add_argument(
+        "--calib-frames", type=int, default=None, help="office-video frames to calibrate the detectors on (default: quantise.py's, 32 / 96)"
+    )
+    parser.add_argument(
+        "--observer", default="minmax", choices=("histogram", "minmax"), help="ssdlite_person's calibration (as quantise.py)"
+    )
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--calls", type=int, default=20, help="timed calls per model per round (a quarter for Faster R-CNN)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
