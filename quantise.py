@@ -26,8 +26,9 @@ Run:
 Writes to --out: one artefact per scheme, results.json, quantise.png (latency vs accuracy, size).
 
 Measured (benchmarks/bench_quantise.py; 2-core AMD EPYC Zen 3, AVX2 without VNNI, 2 threads, fbgemm):
-efficientnet_lite0 static INT8 1.65x faster at batch 1, top-1 0.89 -> 0.89 on the ImageNet samples; fasterrcnn_resnet50_fpn
-at 240x427 static INT8 1.60x (446 -> 279 ms); ssdlite_person ONNX Runtime static INT8 1.29x, AP@0.5 0.823 -> 0.799.
+efficientnet_lite0 static INT8 1.37-1.52x faster at batch 1, top-1 0.89 -> 0.89 on the ImageNet samples;
+fasterrcnn_resnet50_fpn at 240x427 static INT8 1.64x (430 -> 263 ms); ssdlite_person ONNX Runtime static INT8 1.28x,
+AP@0.5 0.823 -> 0.806.
 """
 
 from __future__ import annotations
