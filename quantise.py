@@ -516,17 +516,24 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
     measured = [row for row in rows if "skipped" not in row]
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for row in measured:
-        accuracy = row.get("accuracy", {})
-        main = next((key for key in ("ap50", "imagenet_top1") if isinstance(accuracy.get(key), float)), None)
-        y = accuracy[main] if main else 0.0
-        left.scatter(row["latency_batch1"]["median_ms"], y, s=60)
-        left.annotate(row["scheme"], (row["latency_batch1"]["median_ms"], y), textcoords="offset points", xytext=(5, 5))
-    keys = {key for row in measured for key in ("ap50", "imagenet_top1") if isinstance(row.get("accuracy", {}).get(key), float)}
-    left.set(xlabel="latency, batch 1 (ms, median)", ylabel=", ".join(sorted(keys)) or "accuracy not measured", title=measured[0]["model"])
-    left.set_xscale("log")  # bf16 on a CPU without bf16 units sits 10x to the right
+    schemes = [row["scheme"] for row in measured]
+    latencies = [row["latency_batch1"]["median_ms"] for row in measured]
+    accuracy_key = next((key for key in ("ap50", "imagenet_top1") if isinstance(measured[0].get("accuracy", {}).get(key), float)), None)
+    if accuracy_key:
+        for scheme, latency, row in zip(schemes, latencies, measured, strict=True):
+            left.scatter(latency, row["accuracy"][accuracy_key], s=60)
+            left.annotate(f"{scheme} {latency:.0f} ms", (latency, row["accuracy"][accuracy_key]), textcoords="offset points", xytext=(5, 5))
+        left.set(xlabel="latency, batch 1 (ms, median, log scale)", ylabel=accuracy_key)
+        left.set_xscale("log")  # bf16 on a CPU without bf16 units sits 10x to the right
+        left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    else:  # no accuracy to plot against: latency alone
+        left.bar(schemes, latencies, color="tab:blue")
+        left.set(ylabel="latency, batch 1 (ms, median, log scale)", xlabel=NOT_MEASURED.replace(":", " (accuracy):"))
+        left.set_yscale("log")
+        left.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    left.set_title(measured[0]["model"])
     left.grid(alpha=0.3, which="both")
-    right.bar([row["scheme"] for row in measured], [row["size_mb"] for row in measured], color="tab:gray")
+    right.bar(schemes, [row["size_mb"] for row in measured], color="tab:gray")
     right.set(ylabel="size on disk (MB)", title="model size")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
