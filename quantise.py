@@ -500,7 +500,8 @@ def format_table(rows: list[dict[str, Any]], batch_size: int) -> str:
                  f"{batch['median_ms']:.1f}", f"{batch['p95_ms']:.1f}", f"{row['throughput_per_s']:.1f}", f"{row['speedup_batch1']:.2f}x",
                  f"{row['size_mb']:.1f}", f"{row['peak_rss_mb']:.0f}", f"{row['load_s']:.2f}"]  # fmt: skip
         cells += [
-            accuracy.get(key) if isinstance(accuracy.get(key), str) else f"{accuracy.get(key, float('nan')):.3f}" for key in accuracy_keys
+            "-" if key not in accuracy else accuracy[key] if isinstance(accuracy[key], str) else f"{accuracy[key]:.3f}"
+            for key in accuracy_keys
         ]
         cells.append(", ".join(f"{k} {v}" for k, v in row.get("quantised_layers", {}).items()) or "-")
         lines.append("| " + " | ".join(cells) + " |")
