@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test test-gpu lint format bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# The CUDA lane: only the tests marked `cuda`. On a GPU machine with its own torch and no .venv (the lent H100),
+# it runs with that machine's python3 and installs nothing; without a GPU every test is skipped with its reason.
+GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+test-gpu:
+	$(GPU_PYTHON) -m pytest -m cuda -rs -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -441,7 +441,7 @@ def detection_agreement(reference: list, candidate: list, score_thresh: float, s
     score_drift: mean |score difference| of pairs with IoU >= 0.5;
     same_main_person: share of frames where video_main_person.py's selector picks the same person (IoU >= 0.5) or
     nobody in both."""
-    from video_main_person import MainPersonSelector
+    from utils.main_person import MainPersonSelector
 
     best_ious, drifts, same = [], [], []
     selectors = [MainPersonSelector(*size), MainPersonSelector(*size)]

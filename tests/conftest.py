@@ -16,6 +16,16 @@ TUD_CLIP = REPO / "assets" / "videos" / "tud-campus.mp4"
 TINY_MODEL_ARGS = ["--detector", "fasterrcnn_mobilenet_v3_large_320_fpn", "--weights", "none", "--size", "120", "160", "--seq-len", "3"]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` skip, with the reason, where no GPU is visible (CI, these 2-core machines)."""
+    if torch.cuda.is_available():
+        return
+    reason = f"needs a CUDA GPU: none visible to torch {torch.__version__} (run `make test-gpu` on a GPU machine)"
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
     """No torchvision weights in the cache and no network: what CI and these machines have."""

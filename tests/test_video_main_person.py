@@ -9,9 +9,9 @@ from conftest import REPO, TUD_CAMPUS, TUD_CLIP
 
 import video_main_person
 from utils.cli import UserError
+from utils.main_person import MainPersonSelector, salience
 from utils.metrics import box_iou
 from utils.mot import read_mot_boxes
-from video_main_person import MainPersonSelector, salience
 
 W, H = 427, 240
 LEFT = np.array([60, 60, 120, 220], np.float32)  # a person left of centre

@@ -25,6 +25,32 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return help_text if "default:" in help_text else super()._get_help_string(action)
 
 
+def number(kind: type = int, low: float | None = None, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse `type` that parses int/float and checks low <= value <= high: `type=number(int, 1)`.
+
+    A value out of range is a usage error (exit 2) naming the range, before any work starts.
+    """
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a{'n' if kind is int else ''} {kind.__name__}") from None
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = (
+                f"from {low} to {high}"
+                if low is not None and high is not None
+                else f"at least {low}"
+                if low is not None
+                else f"at most {high}"
+            )
+            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
 def run_cli(main: Callable[[Any], Any], args: Any) -> None:
     """Run a script's main(args); a UserError becomes one line on stderr and exit code 1, no traceback."""
     try:

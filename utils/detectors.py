@@ -94,26 +94,12 @@ def build_torchvision_model(name: str, weights: str = "DEFAULT", **kwargs: Any) 
     kwargs go to the builder (min_size, max_size, rpn_post_nms_top_n_test, ...). Never falls back silently:
     DEFAULT offline and a checkpoint that does not fit are UserErrors.
     """
-    if name not in TORCHVISION_DETECTORS:
-        raise UserError(f"unknown torchvision detector {name!r}; choose from {', '.join(TORCHVISION_DETECTORS)}")
-    if weights.lower() == "auto":
-        try:
-            return build_torchvision_model(name, "DEFAULT", **kwargs)
-        except UserError as error:
-            print(f"warning: {error}\nwarning: --weights auto: {name} starts from RANDOM weights", file=sys.stderr)
-            return build_torchvision_model(name, "none", **kwargs)
+    weights = resolve_weights(name, weights)
     builder = torchvision.models.get_model_builder(name)
     if weights.upper() == "DEFAULT":
         default = torchvision.models.get_model_weights(name).DEFAULT
-        try:
-            _download_once(default.url)
-            return builder(weights=default, **kwargs)
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
-            reason = getattr(error, "reason", error)
-            raise UserError(
-                f"cannot download {name} weights from {default.url} ({reason}); offline, use --weights PATH "
-                "(a state_dict of this model), --weights none (random, speed only) or --detector ssdlite_person"
-            ) from None
+        _download_once(name, default.url)
+        return builder(weights=default, **kwargs)
     model = builder(weights=None, weights_backbone=None, num_classes=91, **kwargs)
     if weights.lower() == "none":
         return model
@@ -130,15 +116,42 @@ def build_torchvision_model(name: str, weights: str = "DEFAULT", **kwargs: Any) 
     return model
 
 
-def _download_once(url: str) -> None:
+def resolve_weights(name: str, weights: str) -> str:
+    """The one place where --weights 'auto' is settled: 'DEFAULT' when torchvision's weights for `name` are cached or
+    can be downloaded, else 'none' with a warning on stderr. Any other value comes back unchanged.
+
+    Callers that must know whether the model is pretrained (accuracy columns, frozen vs trainable normalisation)
+    resolve first and look at the answer.
+    """
+    if name not in TORCHVISION_DETECTORS:
+        raise UserError(f"unknown torchvision detector {name!r}; choose from {', '.join(TORCHVISION_DETECTORS)}")
+    if weights.lower() != "auto":
+        return weights
+    try:
+        _download_once(name, torchvision.models.get_model_weights(name).DEFAULT.url)
+        return "DEFAULT"
+    except UserError as error:
+        print(f"warning: {error}\nwarning: --weights auto: {name} starts from RANDOM weights", file=sys.stderr)
+        return "none"
+
+
+def _download_once(name: str, url: str) -> None:
     """Fetch torchvision weights into the torch hub cache (atomic, with a progress bar) unless already there.
 
     Done here rather than by the builder so that an offline failure is one line, without torch's "Downloading:".
     """
     cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
-    if not cached.is_file():
+    if cached.is_file():
+        return
+    try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(url, str(cached), progress=True)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserError(
+            f"cannot download {name} weights from {url} ({reason}); offline, use --weights PATH "
+            "(a state_dict of this model), --weights none (random, speed only) or --detector ssdlite_person"
+        ) from None
 
 
 class ClassSubsetPredictor(nn.Module):
