@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from utils.cli import HelpFormatter, UserError, run_cli, seed_everything
+from utils.cli import ArgumentParser, UserError, number, run_cli, seed_everything
 from utils.draw import MAIN_COLOR, draw_box, draw_caption
 from utils.mot import MotSequence, find_mot_sequences, read_mot_sequence
+from utils.video import read_image
 
 PERSON = 1  # COCO id, so torchvision's COCO-pretrained heads fit without a new class layout
 MIN_BOX_SIDE = 1.0  # boxes thinner than this after clipping are dropped: torchvision refuses degenerate boxes
@@ -101,10 +102,7 @@ class MotWindowDataset(Dataset):
         return len(self.windows)
 
     def load_frame(self, sequence: MotSequence, frame: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        path = sequence.image_paths[frame - 1]
-        image = cv2.imread(str(path))
-        if image is None:
-            raise UserError(f"{path}: missing or not a readable image")
+        image = read_image(sequence.image_paths[frame - 1])  # a truncated frame is an error, not a half-grey target
         height, width = image.shape[:2]
         rows = sequence.boxes(frame)
         boxes = rows[:, :4].copy()
@@ -229,6 +227,8 @@ def build_loader(
     workers: int = 0,
 ) -> DataLoader:
     """A DataLoader over one epoch of window batches (from batch `skip` on): shuffled windows, or B ordered streams."""
+    if frame_ranges is not None and not any(frame_ranges):
+        raise UserError("no frame to load: every frame range is empty (for training: --val-sequences/--val-fraction hold out everything)")
     windows = make_windows(sequences, seq_len, seq_len if mode == "stream" else stride, frame_ranges)
     if not windows:
         raise UserError(f"no sequence has {seq_len} frames: nothing to load (lower --seq-len)")
@@ -259,26 +259,24 @@ def draw_contact_sheet(frames: torch.Tensor, targets: list[list[dict[str, torch.
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="assets/data", help="a MOTChallenge sequence folder, or a folder of them")
-    parser.add_argument("--seq-len", type=int, default=10, help="frames per window")
-    parser.add_argument("--stride", type=int, default=1, help="frames between window starts (random mode)")
-    parser.add_argument("--batch-size", type=int, default=2, help="windows per batch (streams, in stream mode)")
+    parser.add_argument("--seq-len", type=number(int, 1), default=10, help="frames per window")
+    parser.add_argument("--stride", type=number(int, 1), default=1, help="frames between window starts (random mode)")
+    parser.add_argument("--batch-size", type=number(int, 1), default=2, help="windows per batch (streams, in stream mode)")
     parser.add_argument("--mode", choices=("random", "stream"), default="random", help="shuffled windows, or ordered streams")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None, help="resize frames (boxes follow) (default: keep)")
+    parser.add_argument(
+        "--size", type=number(int, 1), nargs=2, metavar=("H", "W"), default=None, help="resize frames (boxes follow) (default: keep)"
+    )
     parser.add_argument("--val-sequences", nargs="*", default=(), help="sequences held out whole for validation")
-    parser.add_argument("--val-fraction", type=float, default=0.0, help="last share of each sequence's frames for validation")
-    parser.add_argument("--batches", type=int, default=3, help="batches to print")
+    parser.add_argument("--val-fraction", type=number(float, 0, 1), default=0.0, help="last share of each sequence's frames for validation")
+    parser.add_argument("--batches", type=number(int, 0), default=3, help="batches to print")
     parser.add_argument("--plot", default=None, help="save a contact sheet PNG of the first batch here")
-    parser.add_argument("--seed", type=int, default=0, help="shuffling seed")
+    parser.add_argument("--seed", type=number(int, 0, 2**32 - 1), default=0, help="shuffling seed (NumPy takes 0 to 2^32-1)")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    if args.seq_len < 1 or args.stride < 1 or args.batch_size < 1:
-        raise UserError("--seq-len, --stride and --batch-size must be at least 1")
-    if not 0 <= args.val_fraction < 1:
-        raise UserError(f"--val-fraction must be in [0, 1), got {args.val_fraction}")
     seed_everything(args.seed)
     sequences = load_sequences(args.data)
     train_ranges, val_ranges = split_frames(sequences, args.val_sequences, args.val_fraction)
@@ -297,14 +295,14 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         f"{len(sequences)} sequence(s), {len(loader.dataset)} train windows, {len(val_windows)} val windows, {len(loader)} batches ({args.mode})"
     )
     shapes, batches = [], []
-    for number, (frames, targets, meta) in zip(range(args.batches), loader, strict=False):
+    for batch_number, (frames, targets, meta) in zip(range(args.batches), loader, strict=False):
         shapes.append(tuple(frames.shape))
         batches.append([[info["sequence"], info["frames"]] for info in meta])
         boxes = sum(len(target["boxes"]) for window in targets for target in window)
-        print(f"batch {number}: frames {tuple(frames.shape)} {frames.dtype}, {boxes} gt boxes")
+        print(f"batch {batch_number}: frames {tuple(frames.shape)} {frames.dtype}, {boxes} gt boxes")
         for info in meta:
             print(f"  {info['sequence']}: frames {info['frames'][0]}..{info['frames'][-1]} {info['frames']}")
-        if number == 0 and args.plot:
+        if batch_number == 0 and args.plot:
             draw_contact_sheet(frames, targets, meta, Path(args.plot))
             print(f"contact sheet: {args.plot}")
     return {

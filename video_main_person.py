@@ -21,12 +21,19 @@ the very edge but never vetoes a large one. Then, over time:
   its last box (IoU >= 0.3): a walking person moves little between frames;
 - hysteresis: another person takes over only when their salience beats the current one's by --switch-margin (1.3x)
   for --switch-frames (3) frames in a row, so the choice does not flicker between two people of similar size;
-- hold: when the detector misses the current main person, their last box is kept for up to --hold-frames (5)
-  frames (marked "held": true) before the choice is released; a miss of one frame is the detector's, not the scene's;
+- motion: the main person's box moves at their recent velocity (an average of the last frame-to-frame shifts), so
+  association looks where they will be, not where they were;
+- hold: when the detector misses the current main person, their box walks on at that velocity for up to
+  --hold-frames (5) frames (marked "held": true) before the choice is released; a miss of one frame is the
+  detector's, not the scene's. A frame of another size (an image folder) starts afresh: nothing is carried onto it;
 - ties (two equal people) go to the detection listed first, and then stay put by the hysteresis.
 
+Measured against ground truth by benchmarks/eval_main_person.py (ssdlite_person, defaults): the main person is a
+real person (IoU >= 0.5) in 100% of TUD-Campus frames, 100% of ADL-Rundle-6 and 90% of PETS09-S2L1 (7 fps, people
+30 px tall in the output).
+
 Latency levers, each measured in benchmarks/bench_video.py: frames are resized to 427x240 BEFORE the model and the
-model works at that size (the reference upsizes every frame to 800 px), frames are decoded and resized on a
+model works at that size (the reference upsizes every frame to 800 px; --detector-size trades speed for recall), frames are decoded and resized on a
 background thread, inference is batched under torch.inference_mode() in channels_last with batch norms folded
 into the convolutions, the RPN keeps --proposals boxes, and only the person class is decoded and NMS-ed.
 """
@@ -38,6 +45,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -45,23 +53,72 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from utils.cli import HelpFormatter, UserError, resolve_device, run_cli, seed_everything, set_threads
+from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, seed_everything, set_threads
 from utils.detectors import DETECTORS, TORCHVISION_DETECTORS, build_detector
 from utils.draw import HELD_COLOR, MAIN_COLOR, OTHER_COLOR, draw_box, draw_caption
 from utils.main_person import MainPerson, MainPersonSelector
 from utils.timing import StageTimer, format_summary, summarize
-from utils.video import Letterbox, ThreadedReader, VideoSource, VideoWriter
+from utils.video import MAX_PIXELS, Letterbox, ThreadedReader, VideoSource, VideoWriter
 
 OUTPUT_WIDTH, OUTPUT_HEIGHT = 427, 240  # the brief's output resolution (WxH)
 DEFAULT_SOURCE = "assets/videos/one-by-one-person-detection.mp4"
+# Height of the box the detector works in, per detector (--detector-size); others: the output height. ssdlite_person
+# resizes to 300x300 inside its graph, so a 720-line input costs little more than 240 and gives small people
+# sharper boxes (benchmarks/eval_main_person.py); Faster R-CNN's cost grows with the pixels, so it stays at 240.
+DETECTOR_SIZE = {"ssdlite_person": 720}
+
+######################################################################################################################
+# Geometry: each frame's size decides where it lands in the output and what the detector sees
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How frames of one source size map to the 427x240 output canvas and to the detector's input."""
+
+    canvas: Letterbox  # source -> output canvas (aspect kept, centred, black bars)
+    detector: Letterbox  # source -> detector input (aspect kept, no bars: only its content is used)
+
+    @classmethod
+    def for_size(cls, width: int, height: int, detector_height: int) -> Geometry:
+        """detector_height: the detector works in a 16:9 box of that height (0: the source's own size); never upsized."""
+        canvas = Letterbox.fit(width, height, OUTPUT_WIDTH, OUTPUT_HEIGHT)
+        if detector_height == 0 or detector_height >= height:
+            detector = Letterbox.fit(width, height, width, height)
+        else:
+            detector = Letterbox.fit(width, height, round(detector_height * OUTPUT_WIDTH / OUTPUT_HEIGHT), detector_height)
+        return cls(canvas, detector)
+
+    def detector_to_canvas(self, boxes: np.ndarray) -> np.ndarray:
+        """xyxy boxes in detector-input pixels -> output canvas pixels."""
+        return self.canvas.source_to_canvas(np.asarray(boxes, dtype=np.float32).reshape(-1, 4) / self.detector.scale)
+
+    def describe(self) -> dict[str, Any]:
+        """What the JSONL and results.json record: the canvas letterbox (scale, offsets) of this frame size."""
+        return {"scale": round(self.canvas.scale, 6), "left": self.canvas.left, "top": self.canvas.top}
+
+
+@dataclass
+class Prepared:
+    """A frame as the reader thread leaves it: the detector's RGB input, and what the output video needs."""
+
+    detector_rgb: np.ndarray
+    canvas_bgr: np.ndarray | None  # the content part of the output frame (None with --no-video)
+    geometry: Geometry
+    source_size: tuple[int, int]  # (width, height)
+
 
 ######################################################################################################################
 # Outputs
 
 
-def prepare_out_dir(path: str) -> Path:
-    """Create the output folder and prove it is writable before any work starts."""
+def prepare_out_dir(path: str) -> tuple[Path, Path | None]:
+    """Create the output folder and prove it is writable before any work starts.
+
+    Returns the folder and the topmost folder this call created (None if it existed), which remove_if_empty()
+    takes away again when the run fails: a failed run leaves no empty --out behind.
+    """
     out = Path(path)
+    created = next((folder for folder in (*reversed(out.parents), out) if not folder.exists()), None)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -69,7 +126,20 @@ def prepare_out_dir(path: str) -> Path:
         probe.unlink()
     except OSError as error:
         raise UserError(f"cannot write to output folder {out}: {error.strerror or error}") from None
-    return out
+    return out, created
+
+
+def remove_if_empty(out: Path, created: Path | None) -> None:
+    """Remove the folders from `out` up to `created` that this run made, as long as they are empty."""
+    if created is None:
+        return
+    for folder in (out, *out.parents):
+        try:
+            folder.rmdir()  # only ever succeeds on an empty folder
+        except OSError:
+            return
+        if folder == created:
+            return
 
 
 class JsonLines:
@@ -125,8 +195,8 @@ def annotate(canvas: np.ndarray, person_boxes: np.ndarray, person_scores: np.nda
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    parser.add_argument("--source", default=DEFAULT_SOURCE, help="video file, stream URL, camera index or image folder")
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", default=DEFAULT_SOURCE, help="video file, stream URL, camera index, image file or image folder")
     parser.add_argument("--out", default="runs/main_person", help="folder for main_person.mp4, results.json and the JSONL")
     parser.add_argument(
         "--jsonl", default=None, help="where the per-frame JSON lines go: a path, or - for stdout (default: OUT/main_person.jsonl)"
@@ -138,50 +208,76 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--weights", default="DEFAULT", help="DEFAULT (torchvision's, downloaded once), none (random init: speed only) or a state_dict path"
     )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the detector runs")
     parser.add_argument(
         "--quantized",
         default=None,
         help="a model saved by quantise.py: .pt for torchvision detectors (INT8, CPU), .onnx for ssdlite_person (default: none)",
     )
     parser.add_argument(
+        "--detector-size",
+        type=number(int, 0),
+        default=None,
+        help="height of the 16:9 box the detector works in, boxes mapped back to 427x240; 0: the source's own size, never "
+        f"upsized (default: {DETECTOR_SIZE['ssdlite_person']} for ssdlite_person, whose graph resizes to 300x300 itself, so "
+        f"more pixels cost little and sharpen small people's boxes; {OUTPUT_HEIGHT}, the output size, for Faster R-CNN, "
+        "whose cost grows with the pixels)",
+    )
+    parser.add_argument(
         "--batch-size",
-        type=int,
+        type=number(int, 1),
         default=None,
         help="frames per inference call (default: 4 on CPU, +10-20%% FPS over 1; 8 on CUDA; 1 gives the lowest latency)",
     )
-    parser.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: all)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for inference (default: all cores)")
+    parser.add_argument("--max-frames", type=number(int, 1), default=None, help="stop after this many frames (default: all)")
     parser.add_argument(
-        "--min-score", type=float, default=None, help="person score floor (default: the detector's own, 0.5 Faster R-CNN, 0.4 ssdlite)"
+        "--max-pixels",
+        type=number(int, 1),
+        default=MAX_PIXELS,
+        help="pixels per frame: a bigger image file is refused unread, a bigger image in a folder is skipped and counted, a video with bigger frames is refused",
     )
-    parser.add_argument("--proposals", type=int, default=100, help="RPN proposals per frame (torchvision detectors)")
-    parser.add_argument("--switch-margin", type=float, default=1.3, help="salience ratio another person needs to take over")
-    parser.add_argument("--switch-frames", type=int, default=3, help="frames in a row the challenger must win to take over")
-    parser.add_argument("--hold-frames", type=int, default=5, help="frames the main person is held over detector misses")
+    parser.add_argument("--threads", type=number(int, 1), default=None, help="CPU threads for inference (default: all cores)")
+    parser.add_argument(
+        "--min-score",
+        type=number(float, 0, 1),
+        default=None,
+        help="person score floor (default: the detector's own, 0.5 Faster R-CNN, 0.4 ssdlite)",
+    )
+    parser.add_argument("--proposals", type=number(int, 1), default=100, help="RPN proposals per frame (torchvision detectors)")
+    parser.add_argument("--switch-margin", type=number(float, 1), default=1.3, help="salience ratio another person needs to take over")
+    parser.add_argument("--switch-frames", type=number(int, 1), default=3, help="frames in a row the challenger must win to take over")
+    parser.add_argument("--hold-frames", type=number(int, 0), default=5, help="frames the main person is held over detector misses")
     parser.add_argument("--seed", type=int, default=0, help="seed (random-weight runs are then reproducible)")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    for flag in ("batch_size", "threads", "max_frames", "proposals", "switch_frames"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    out, created = prepare_out_dir(args.out)
+    try:
+        return find_main_person(args, out)
+    except BaseException:
+        remove_if_empty(out, created)  # whatever failed, no empty --out is left behind
+        raise
+
+
+def find_main_person(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     seed_everything(args.seed)
     device = resolve_device(args.device)
     threads = set_threads(args.threads)
     batch_size = args.batch_size or (8 if device.type == "cuda" else 4)  # batches of 4: +10-20% FPS on 2 CPU cores
-    out = prepare_out_dir(args.out)
-    source = VideoSource(args.source)
-    letterbox = Letterbox.fit(source.width, source.height, OUTPUT_WIDTH, OUTPUT_HEIGHT)
+    detector_height = DETECTOR_SIZE.get(args.detector, OUTPUT_HEIGHT) if args.detector_size is None else args.detector_size
+    source = VideoSource(args.source, max_pixels=args.max_pixels)
+    first = Geometry.for_size(source.width, source.height, detector_height)
 
     load_start = time.perf_counter()
     options = {"proposals": args.proposals} if args.detector in TORCHVISION_DETECTORS else {}
+    if args.detector in TORCHVISION_DETECTORS and args.quantized is None:  # the model works at the frame's own size
+        sides = (first.detector.content_width, first.detector.content_height)
+        options.update(min_size=min(sides), max_size=max(sides))
     detector = build_detector(
         args.detector, args.weights, device, score_thresh=args.min_score, threads=threads, quantized=args.quantized, **options
     )
-    detector.warmup(letterbox.content_width, letterbox.content_height, batch_size)
+    detector.warmup(first.detector.content_width, first.detector.content_height, batch_size)
     load_s = time.perf_counter() - load_start
 
     selector = MainPersonSelector(OUTPUT_WIDTH, OUTPUT_HEIGHT, args.switch_margin, args.switch_frames, args.hold_frames)
@@ -193,8 +289,16 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         jsonl.abort()
         raise
 
-    def prepare(frame: np.ndarray) -> np.ndarray:  # runs on the reader thread, overlapping inference
-        return cv2.cvtColor(letterbox.resize(frame), cv2.COLOR_BGR2RGB)
+    geometries = {(source.width, source.height): first}  # an image folder may mix sizes: one geometry per size
+
+    def prepare(frame: np.ndarray) -> Prepared:  # runs on the reader thread, overlapping inference
+        height, width = frame.shape[:2]
+        geometry = geometries.get((width, height)) or geometries.setdefault(
+            (width, height), Geometry.for_size(width, height, detector_height)
+        )
+        detector_bgr = geometry.detector.resize(frame)
+        canvas_bgr = None if video is None else geometry.canvas.resize(frame)
+        return Prepared(cv2.cvtColor(detector_bgr, cv2.COLOR_BGR2RGB), canvas_bgr, geometry, (width, height))
 
     expected = min(filter(None, (source.frame_count, args.max_frames)), default=None)
     # A short queue: enough to overlap decoding with inference, short enough that frames do not wait in a backlog.
@@ -202,16 +306,23 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     progress = tqdm(total=expected, unit="frame", desc="main person", file=sys.stderr, mininterval=0.5)
     latencies: list[float] = []
     with_main_person = 0
+    geometry_runs: list[dict[str, Any]] = []  # consecutive frames sharing one source size (one entry for a video)
     stopped_early = None
     start = time.perf_counter()
     try:
         for batch in reader.batches(batch_size):
             with timer.stage("inference"):
-                detections = detector.detect([frame.image for frame in batch])
+                detections = detector.detect([frame.image.detector_rgb for frame in batch])
             for frame, found in zip(batch, detections, strict=True):
+                prepared: Prepared = frame.image
                 with timer.stage("postprocess"):
+                    if not geometry_runs or geometry_runs[-1]["source_size"] != list(prepared.source_size):
+                        selector.reset()  # a frame of another size is another picture: no box is carried onto it
+                        geometry_runs.append({"first_frame": frame.index, "frames": 0, "source_size": list(prepared.source_size)})
+                        geometry_runs[-1].update(prepared.geometry.describe())
+                    geometry_runs[-1]["frames"] += 1
                     persons = found.persons(detector.score_thresh)
-                    person_boxes = letterbox.to_canvas(persons.boxes)
+                    person_boxes = prepared.geometry.detector_to_canvas(persons.boxes)
                     main_person = selector.update(person_boxes, persons.scores)
                 with timer.stage("encode"):
                     record = {
@@ -224,9 +335,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                             {"box": rounded(box), "score": round(float(score), 3)}
                             for box, score in zip(person_boxes, persons.scores, strict=True)
                         ],
+                        "letterbox": prepared.geometry.describe(),
                     }
                     if video is not None:
-                        canvas = letterbox.canvas(cv2.cvtColor(frame.image, cv2.COLOR_RGB2BGR))
+                        canvas = prepared.geometry.canvas.canvas(prepared.canvas_bgr)
                         annotate(canvas, person_boxes, persons.scores, main_person, f"frame {frame.index}")
                         video.write(canvas)
                 # decode start -> outputs written, less the queue backlog that only a faster-than-real-time source builds
@@ -270,11 +382,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "latency_ms": summarize(latencies),
         "stages": timer.summary(),
         "detector": detector.describe(),
+        "detector_size": detector_height,
         "device": str(device),
         "threads": threads,
         "batch_size": batch_size,
         "output_size": [OUTPUT_WIDTH, OUTPUT_HEIGHT],
-        "letterbox": {"scale": letterbox.scale, "left": letterbox.left, "top": letterbox.top},
+        "letterbox": geometry_runs,
         "video": None if video is None else str(video.path),
         "jsonl": "-" if jsonl.to_stdout else str(jsonl.path),
         "stopped_early": stopped_early,

@@ -8,10 +8,13 @@ IoU >= 0.5, over the frames where either found one) compares the detectors' outp
 With random weights (offline: no torchvision weights) the speed-up is real but agreement is meaningless: a random
 model finds nobody, so it is reported as null.
 
+The INT8 pipeline (video_main_person.py --quantized, quantise.py's static recipe, built on the spot from the same
+weights unless --quantized names an artefact) is timed in the same run, so its speed-up is a same-run ratio too.
+
 Run:
     python benchmarks/bench_video.py --max-frames 20
     python benchmarks/bench_video.py --ablation      # per-frame time of each latency lever, one at a time
-Last line: {"reference_fps": ..., "pipeline_fps": ..., "speedup": ..., "agreement": ..., ...}
+Last line: {"reference_fps": ..., "pipeline_fps": ..., "speedup": ..., "speedup_int8": ..., "agreement": ..., ...}
 """
 
 from __future__ import annotations
@@ -32,31 +35,41 @@ from torchvision.transforms import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import video_main_person
-from utils.cli import HelpFormatter, UserError, run_cli, set_threads
-from utils.detectors import PERSON, TorchvisionDetector, build_torchvision_model
+from utils.cli import ArgumentParser, number, run_cli, set_threads
+from utils.detectors import PERSON, TorchvisionDetector, build_torchvision_model, resolve_weights
+from utils.main_person import MainPersonSelector
 from utils.metrics import box_iou
 from utils.video import Letterbox, VideoSource
 
 MODEL = "fasterrcnn_resnet50_fpn"  # the brief's model
 AGREEMENT_IOU = 0.5
+PROPOSALS = 100  # video_main_person.py's default, so the INT8 model is the one the pipeline would run
 
 
-def resolve_weights(choice: str, workdir: Path) -> tuple[str, bool]:
+def bench_weights(choice: str, workdir: Path) -> tuple[str, bool]:
     """('DEFAULT' or a state_dict path, pretrained?). 'auto' takes torchvision's weights when they can be had,
-    else a random model saved to a file, so that both pipelines run the very same weights."""
-    if choice.lower() == "auto":
-        try:
-            build_torchvision_model(MODEL, "DEFAULT")
-            return "DEFAULT", True
-        except UserError as error:
-            print(f"note: {error}\nnote: benchmarking RANDOM weights: speed is real, agreement is not measured", file=sys.stderr)
-            choice = "none"
+    else a random model saved to a file, so that every pipeline runs the very same weights."""
+    choice = resolve_weights(MODEL, choice)
     if choice.lower() == "none":
+        print("note: benchmarking RANDOM weights: speed is real, agreement is not measured", file=sys.stderr)
         path = workdir / "random_weights.pth"
         torch.manual_seed(0)
         torch.save(build_torchvision_model(MODEL, "none").state_dict(), path)
         return str(path), False
     return choice, True
+
+
+def build_int8_artefact(weights: str, proposals: int, calib_frames: int, backend: str, workdir: Path) -> Path:
+    """quantise.py's static INT8 recipe for MODEL (the artefact `video_main_person.py --quantized` runs), made now."""
+    import quantise
+
+    argv = ["--model", MODEL, "--scheme", "static", "--weights", weights, "--proposals", str(proposals)]
+    args = quantise.get_args_parser().parse_args(
+        [*argv, "--calib-frames", str(calib_frames), "--backend", backend, "--observer", "histogram"]
+    )
+    print(f"building the static INT8 model ({calib_frames} calibration frames) ...", file=sys.stderr)
+    path, _ = quantise.make_artefact(MODEL, "static", args, workdir, None)
+    return path
 
 
 def read_frames(source: str, max_frames: int) -> tuple[list[np.ndarray], float]:
@@ -71,7 +84,7 @@ def run_reference(frames: list[np.ndarray], weights: str, min_score: float) -> t
     model = build_torchvision_model(MODEL, weights).eval()
     height, width = frames[0].shape[:2]
     letterbox = Letterbox.fit(width, height, video_main_person.OUTPUT_WIDTH, video_main_person.OUTPUT_HEIGHT)
-    selector = video_main_person.MainPersonSelector(video_main_person.OUTPUT_WIDTH, video_main_person.OUTPUT_HEIGHT)
+    selector = MainPersonSelector(video_main_person.OUTPUT_WIDTH, video_main_person.OUTPUT_HEIGHT)
     with torch.no_grad():
         model([F.to_tensor(Image.fromarray(cv2.cvtColor(frames[0], cv2.COLOR_BGR2RGB)))])  # warm-up, as the pipeline
         main_boxes = []
@@ -88,9 +101,10 @@ def run_reference(frames: list[np.ndarray], weights: str, min_score: float) -> t
 
 
 def run_pipeline(
-    source: str, detector: str, weights: str, max_frames: int, batch_size: int, threads: int, out: Path
+    source: str, detector: str, weights: str, max_frames: int, batch_size: int, threads: int, out: Path, quantized: Path | None = None
 ) -> tuple[dict, list[np.ndarray | None]]:
     argv = [
+        *([] if quantized is None else ["--quantized", str(quantized)]),
         "--source",
         source,
         "--detector",
@@ -157,17 +171,25 @@ def ablation(frames: list[np.ndarray], weights: str, repeats: int) -> list[tuple
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
-    parser.add_argument("--source", default="assets/videos/tud-campus.mp4", help="clip to run both pipelines on")
-    parser.add_argument("--max-frames", type=int, default=20, help="frames to time (the reference takes seconds each)")
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--source", default="assets/videos/tud-campus.mp4", help="clip to run the pipelines on (one frame size)")
+    parser.add_argument("--max-frames", type=number(int, 1), default=20, help="frames to time (the reference takes seconds each)")
     parser.add_argument(
         "--weights", default="auto", help="auto (torchvision's when available, else random), DEFAULT, none or a state_dict path"
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="pipeline batch size (video_main_person.py's CPU default)")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for both (default: all cores)")
+    parser.add_argument(
+        "--quantized",
+        default=None,
+        help="static INT8 artefact from quantise.py for the INT8 pipeline (default: built now from the same weights)",
+    )
+    parser.add_argument("--calib-frames", type=number(int, 1), default=32, help="calibration frames when the INT8 model is built here")
+    parser.add_argument("--backend", default="fbgemm", help="quantised engine of the INT8 model built here")
+    parser.add_argument("--no-int8", action="store_true", help="skip the INT8 pipeline (default: time it)")
+    parser.add_argument("--batch-size", type=number(int, 1), default=4, help="pipeline batch size (video_main_person.py's CPU default)")
+    parser.add_argument("--threads", type=number(int, 1), default=None, help="CPU threads for all (default: all cores)")
     parser.add_argument("--ablation", action="store_true", help="also time each latency lever on its own")
-    parser.add_argument("--ablation-frames", type=int, default=8, help="frames per ablation step")
-    parser.add_argument("--ablation-repeats", type=int, default=3, help="timed rounds over those frames")
+    parser.add_argument("--ablation-frames", type=number(int, 1), default=8, help="frames per ablation step")
+    parser.add_argument("--ablation-repeats", type=number(int, 1), default=3, help="timed rounds over those frames")
     return parser
 
 
@@ -175,16 +197,19 @@ def main(args: argparse.Namespace) -> dict:
     threads = set_threads(args.threads)
     frames, _ = read_frames(args.source, args.max_frames)
     with tempfile.TemporaryDirectory() as workdir:
-        weights, pretrained = resolve_weights(args.weights, Path(workdir))
+        weights, pretrained = bench_weights(args.weights, Path(workdir))
+        quantized = None
+        if not args.no_int8:
+            quantized = args.quantized or build_int8_artefact(weights, PROPOSALS, args.calib_frames, args.backend, Path(workdir))
+            set_threads(threads)  # quantise's helpers may change it
         min_score = TorchvisionDetector.default_score_thresh
         print(f"reference: {len(frames)} frames, one at a time at 800 px ...", file=sys.stderr)
         reference_fps, reference_boxes = run_reference(frames, weights, min_score)
-        pipeline, pipeline_boxes = run_pipeline(
-            args.source, MODEL, weights, len(frames), args.batch_size, threads, Path(workdir) / "pipeline"
-        )
-        ssdlite, _ = run_pipeline(
-            args.source, "ssdlite_person", "DEFAULT", len(frames), args.batch_size, threads, Path(workdir) / "ssdlite"
-        )
+        common = (len(frames), args.batch_size, threads)
+        pipeline, pipeline_boxes = run_pipeline(args.source, MODEL, weights, *common, Path(workdir) / "pipeline")
+        if quantized is not None:
+            int8, int8_boxes = run_pipeline(args.source, MODEL, weights, *common, Path(workdir) / "int8", quantized=Path(quantized))
+        ssdlite, _ = run_pipeline(args.source, "ssdlite_person", "DEFAULT", *common, Path(workdir) / "ssdlite")
         levers = ablation(frames[: args.ablation_frames], weights, args.ablation_repeats) if args.ablation else []
     agree = agreement(reference_boxes, pipeline_boxes) if pretrained else None
     result = {
@@ -200,13 +225,19 @@ def main(args: argparse.Namespace) -> dict:
         "source": args.source,
         "device": "cpu",
     }
-    print(f"\n{'pipeline':<44}{'FPS':>8}{'x reference':>13}", file=sys.stderr)
-    print(f"{'reference (PIL, 800 px, per frame)':<44}{reference_fps:>8.2f}{1:>13.1f}", file=sys.stderr)
-    print(f"{'video_main_person.py ' + MODEL:<44}{result['pipeline_fps']:>8.2f}{result['speedup']:>13.1f}", file=sys.stderr)
-    print(
-        f"{'video_main_person.py ssdlite_person':<44}{result['ssdlite_person_fps']:>8.2f}{result['ssdlite_person_fps'] / reference_fps:>13.1f}",
-        file=sys.stderr,
-    )
+    rows = [("reference (PIL, 800 px, per frame)", reference_fps), (f"video_main_person.py {MODEL}", pipeline["fps_end_to_end"])]
+    if quantized is not None:
+        int8_agree = agreement(reference_boxes, int8_boxes) if pretrained else None
+        result.update(
+            int8_fps=round(int8["fps_end_to_end"], 3),
+            speedup_int8=round(int8["fps_end_to_end"] / reference_fps, 2),
+            agreement_int8=None if int8_agree is None else round(int8_agree, 3),
+        )
+        rows.append((f"video_main_person.py {MODEL} --quantized", int8["fps_end_to_end"]))
+    rows.append(("video_main_person.py ssdlite_person", ssdlite["fps_end_to_end"]))
+    print(f"\n{'pipeline':<52}{'FPS':>8}{'x reference':>13}", file=sys.stderr)
+    for label, fps in rows:
+        print(f"{label:<52}{fps:>8.2f}{fps / reference_fps:>13.1f}", file=sys.stderr)
     print(
         f"agreement (main person IoU >= 0.5): {'not measured: random weights find no one' if agree is None else f'{agree:.3f}'}",
         file=sys.stderr,

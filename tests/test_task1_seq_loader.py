@@ -150,3 +150,28 @@ def test_contact_sheet(tmp_path):
 
 def test_window_dataclass_frames():
     assert list(Window(0, 5, 3).frames) == [5, 6, 7]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--seq-len", "0"], ["--stride", "-1"], ["--batch-size", "0"], ["--size", "0", "160"], ["--val-fraction", "1.5"], ["--seed", "-1"]],
+)
+def test_out_of_range_flags_are_one_line_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        loader_script.get_args_parser().parse_args(argv)
+    error = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 1 and len(error) == 1 and error[0].startswith(f"error: argument {argv[0]}: must be")
+
+
+@pytest.mark.parametrize("held_out", [["--val-sequences", "A", "B"], ["--val-fraction", "1"]])
+def test_everything_held_out_for_validation_is_named(two_sequences, held_out):
+    with pytest.raises(UserError, match="every frame range is empty"):
+        run("--data", str(two_sequences), "--seq-len", "3", *held_out)
+
+
+def test_truncated_frame_is_an_error_not_a_grey_target(two_sequences):
+    frame = two_sequences / "A" / "img1" / "000003.jpg"
+    frame.write_bytes(frame.read_bytes()[:20000])
+    dataset = build_loader(load_sequences(two_sequences / "A"), None, 3, 1, shuffle=False).dataset
+    with pytest.raises(UserError, match=r"000003\.jpg: truncated JPEG"):
+        dataset[0]

@@ -1,5 +1,6 @@
 import shutil
 
+import numpy as np
 import pytest
 from conftest import TUD_CAMPUS
 
@@ -7,27 +8,108 @@ from utils.cli import UserError
 from utils.mot import find_mot_sequences, read_mot_boxes, read_mot_sequence
 
 
+def annotation_file(tmp_path, text: str, name: str = "gt.txt"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
 def test_tud_campus_gt():
     boxes = read_mot_boxes(TUD_CAMPUS / "gt" / "gt.txt")
     assert len(boxes) == 71 and sum(len(frame) for frame in boxes.values()) == 359
     first = boxes[1]
     assert first.shape[1] == 6
-    assert first[0].tolist() == [399, 182, 399 + 121, 182 + 229, 1, 1.0]  # x, y, w, h -> x1, y1, x2, y2, id, vis
+    # file row 1,1,399,182,121,229: x, y are 1-based -> x1, y1 = 398, 181; x2 = x1 + w; id 1; MOT15: visibility 1
+    assert first[0].tolist() == [398, 181, 398 + 121, 181 + 229, 1, 1.0]
+
+
+def test_mot15_gt_with_world_coordinates_loads_every_box(tmp_path):
+    # PETS09-S2L1 rows: world x, y filled in, z = 0; conf 0 marks ignore rows
+    gt = annotation_file(
+        tmp_path,
+        "1,9,374,179,26.385,78.5,1,-7.2265,-5.702,0\n"
+        "1,11,541,134,21.615,66.613,1,-0.61518,-6.7188,0\n"
+        "2,9,375,180,26.4,78.4,1,-7.1,-5.6,0\n"
+        "2,12,648,115,19.885,58.973,0,3.7684,-8.0957,0\n"
+        "3,9,1,1,20,60,1,2.5,7.1,0\n",
+    )
+    boxes = read_mot_boxes(gt)
+    assert {frame: len(rows) for frame, rows in boxes.items()} == {1: 2, 2: 1, 3: 1}  # only the conf-0 row dropped
+    np.testing.assert_allclose(boxes[1][0], [373, 178, 373 + 26.385, 178 + 78.5, 9, 1.0], rtol=1e-6)
+    assert boxes[3][0, :4].tolist() == [0, 0, 20, 60]  # MOT's top-left pixel (1, 1) is 0-based (0, 0)
+
+
+def test_mot15_gt_with_minus_ones(tmp_path):
+    gt = annotation_file(tmp_path, "1,1,10,20,5,8,1,-1,-1,-1\n1,2,30,20,5,8,1,-1,-1,-1\n2,1,11,20,5,8,1,-1,-1,-1\n")
+    boxes = read_mot_boxes(gt)
+    assert boxes[1][:, :5].tolist() == [[9, 19, 14, 27, 1], [29, 19, 34, 27, 2]] and len(boxes[2]) == 1
+    assert boxes[1][:, 5].tolist() == [1.0, 1.0]  # no visibility column in MOT15: taken as fully visible
 
 
 def test_mot16_flags_classes_and_visibility(tmp_path):
-    gt = tmp_path / "gt.txt"
-    gt.write_text("1,1,10,10,5,5,1,1,1.0\n1,2,10,10,5,5,0,1,1.0\n1,3,10,10,5,5,1,3,1.0\n1,4,10,10,5,5,1,7,0.5\n")
-    rows = read_mot_boxes(gt)[1]
-    assert rows[:, 4].tolist() == [1, 4]  # flag 0 (ignore) and class 3 (car) dropped, static person kept
-    assert rows[:, 5].tolist() == [1.0, 0.5]
+    gt = annotation_file(
+        tmp_path,
+        "1,1,10,10,5,5,1,1,1.0\n"  # pedestrian
+        "1,2,10,10,5,5,0,1,1.0\n"  # ignore flag
+        "1,3,10,10,5,5,1,3,1.0\n"  # car
+        "1,4,10,10,5,5,1,7,0.5\n"  # static person, half visible
+        "1,5,10,10,5,5,1,2,0.25\n"  # person on vehicle
+        "1,6,10,10,5,5,0,8,0.75\n"  # distractor
+        "2,7,1,1,5,5,0,12,0.1\n",  # a frame with only an ignored reflection
+    )
+    boxes = read_mot_boxes(gt)
+    assert list(boxes) == [1]
+    assert boxes[1][:, 4].tolist() == [1, 4, 5]
+    assert boxes[1][:, 5].tolist() == [1.0, 0.5, 0.25]
+    assert boxes[1][0, :4].tolist() == [9, 9, 14, 14]
 
 
-def test_malformed_line_names_file_and_line(tmp_path):
-    gt = tmp_path / "gt.txt"
-    gt.write_text("1,1,10,10,5,5,1,-1,-1,-1\n2,1,ten,10,5,5,1,-1,-1,-1\n")
-    with pytest.raises(UserError, match=r"gt.txt:2:"):
-        read_mot_boxes(gt)
+def test_det_files_of_both_layouts_keep_their_scores(tmp_path):
+    mot15 = annotation_file(
+        tmp_path, "1,-1,461,208,33.73,76.541,122.51,-8.22321,-8.5048,0\n2,-1,366,181,30,70,-0.48,-6.8,-5.3,0\n", "det15.txt"
+    )
+    mot17 = annotation_file(tmp_path, "1,-1,1359.1,413.27,120.26,362.77,0.99,-1,-1,-1\n1,-1,571,402,104,314,0.31,-1,-1,-1\n", "det17.txt")
+    boxes15, boxes17 = read_mot_boxes(mot15, gt=False), read_mot_boxes(mot17, gt=False)
+    np.testing.assert_allclose(boxes15[1][0], [460, 207, 460 + 33.73, 207 + 76.541, -1, 122.51], rtol=1e-6)
+    assert boxes15[2][0, 5] == pytest.approx(-0.48)  # ACF scores can be negative: kept, never filtered
+    assert len(boxes17[1]) == 2 and boxes17[1][:, 5].tolist() == pytest.approx([0.99, 0.31])
+    assert read_mot_boxes(annotation_file(tmp_path, "", "empty.txt"), gt=False) == {}
+
+
+@pytest.mark.parametrize(
+    "text, gt, message",
+    [
+        ("1,1,10,10,5,5,1,-1,-1,-1\n2,1,ten,10,5,5,1,-1,-1,-1\n", True, r"gt.txt:2: not a comma-separated row"),
+        ("1,1,10,10,5,5,1,-1,-1,-1\n1,2,10,10,5,5,1,1,1.0\n", True, r"gt.txt:2: 9 fields in a MOT15 .* mixed formats"),
+        ("\n1,1,10,10,5,5,1,1,1.0\n1,2,10,10,5,5,1,-1,-1,-1\n", True, r"gt.txt:3: 10 fields in a MOT16\+ gt .* mixed formats"),
+        ("1,1,10,10,5,5,1,1\n", True, r"gt.txt:1: 8 fields fit no MOT gt layout"),
+        ("1,1,10,10,5,5,1,1,1.0\n", False, r"gt.txt:1: 9 fields fit no MOT det layout"),
+        ("1,-1,10,10,5,5,42.8,-1,-1,-1\n", True, r"gt.txt:1: not a gt row: .*det file read as gt"),
+        ("1,1,10,10,5,5,1,1,1.5\n", True, r"gt.txt:1: class .* visibility in \[0, 1\], got 1, 1.5"),
+        ("1,1,10,10,0,5,1,-1,-1,-1\n", True, r"gt.txt:1: box width and height must be positive"),
+        ("0,1,10,10,5,5,1,-1,-1,-1\n", True, r"gt.txt:1: frame must be a whole number >= 1"),
+    ],
+)
+def test_rows_that_fit_no_layout_name_file_and_line(tmp_path, text, gt, message):
+    with pytest.raises(UserError, match=message) as error:
+        read_mot_boxes(annotation_file(tmp_path, text), gt=gt)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "1,11,541,134,21,66,0,-0.6,-6.7,0\n2,11,542,134,21,66,0,-0.6,-6.7,0\n",
+            r"no gt box left of 2 rows \(2 ignore rows with conf 0, 0 non-person",
+        ),
+        ("1,1,10,10,5,5,1,3,1.0\n1,2,10,10,5,5,0,1,1.0\n", r"no gt box left of 2 rows \(1 ignore rows with conf 0, 1 non-person"),
+        ("\n\n", r"empty"),
+    ],
+)
+def test_gt_with_no_box_left_is_an_error(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        read_mot_boxes(annotation_file(tmp_path, text))
 
 
 def test_read_sequence_with_seqinfo():
@@ -51,6 +133,14 @@ def copy_sequence(tmp_path, frames: int = 12):
 def test_read_sequence_without_seqinfo_infers_it(tmp_path):
     sequence = read_mot_sequence(copy_sequence(tmp_path))
     assert (sequence.name, len(sequence), sequence.width, sequence.height) == ("SEQ", 12, 640, 480)
+
+
+def test_sequence_whose_gt_is_all_ignore_rows_is_an_error(tmp_path):
+    root = copy_sequence(tmp_path)
+    rows = (root / "gt" / "gt.txt").read_text().splitlines()
+    (root / "gt" / "gt.txt").write_text("".join(f"{','.join(row.split(',')[:6])},0,-1,-1,-1\n" for row in rows))
+    with pytest.raises(UserError, match=rf"gt.txt: no gt box left of {len(rows)} rows"):
+        read_mot_sequence(root)
 
 
 def test_missing_frame_is_named(tmp_path):

@@ -1,13 +1,20 @@
 import itertools
+import shutil
+import struct
 import threading
+import zlib
 
 import cv2
 import numpy as np
 import pytest
 from conftest import TUD_CAMPUS, TUD_CLIP
+from PIL import Image
 
+import utils.video
 from utils.cli import UserError
-from utils.video import Letterbox, ThreadedReader, VideoSource, VideoWriter
+from utils.video import Letterbox, ThreadedReader, VideoSource, VideoWriter, jpeg_is_complete, read_image
+
+FRAME = TUD_CAMPUS / "img1" / "000001.jpg"  # a real 640x480 JPEG
 
 
 def test_letterbox_4_3_into_427x240():
@@ -71,6 +78,136 @@ def test_zero_frame_video_is_an_error(tmp_path):
     writer.release()  # a container with no frames
     with pytest.raises(UserError, match=r"no readable video|gave no frame"):
         VideoSource(str(path))
+
+
+######################################################################################################################
+# Images: one reader for single files and folders
+
+
+def exif_rotated_jpeg(path, orientation: int):
+    """TUD-Campus frame 1 stored as is, with an EXIF orientation tag that says how to turn it for display."""
+    image = Image.open(FRAME)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif.tobytes(), quality=95)
+    return path
+
+
+@pytest.mark.parametrize("orientation, turn", [(6, cv2.ROTATE_90_CLOCKWISE), (8, cv2.ROTATE_90_COUNTERCLOCKWISE)])
+def test_exif_rotation_applied_alike_to_a_file_and_a_folder(tmp_path, orientation, turn):
+    (tmp_path / "folder").mkdir()
+    path = exif_rotated_jpeg(tmp_path / "folder" / "rotated.jpg", orientation)
+    stored = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    assert stored.shape == (480, 640, 3)
+    single, folder = VideoSource(str(path)), VideoSource(str(tmp_path / "folder"))
+    assert (single.width, single.height, single.frame_count) == (folder.width, folder.height, folder.frame_count) == (480, 640, 1)
+    [(index, from_file)] = list(single)
+    [(_, from_folder)] = list(folder)
+    assert index == 0 and np.array_equal(from_file, from_folder)
+    assert np.array_equal(from_file, cv2.rotate(stored, turn))  # turned as the tag says, not merely transposed
+
+
+def truncated(source, path, keep: float):
+    data = source.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def test_truncated_jpeg_in_a_folder_is_a_bad_frame(tmp_path, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for number in range(1, 6):
+        shutil.copy(TUD_CAMPUS / "img1" / f"{number:06d}.jpg", folder)
+    truncated(TUD_CAMPUS / "img1" / "000003.jpg", folder / "000003.jpg", 0.6)
+    assert cv2.imread(str(folder / "000003.jpg")) is not None  # what OpenCV alone does: a half-grey "good" frame
+    source = VideoSource(str(folder))
+    assert [index for index, _ in source] == [0, 1, 3, 4] and source.bad_frames == [2]
+    assert "000003.jpg: truncated JPEG" in capsys.readouterr().err
+
+
+def test_truncated_single_images_are_errors(tmp_path):
+    with pytest.raises(UserError, match=r"truncated JPEG") as error:
+        VideoSource(str(truncated(FRAME, tmp_path / "cut.jpg", 0.95)))
+    assert "\n" not in str(error.value)
+    cv2.imwrite(str(tmp_path / "frame.png"), cv2.imread(str(FRAME)))
+    with pytest.raises(UserError, match=r"truncated PNG"):
+        read_image(truncated(tmp_path / "frame.png", tmp_path / "cut.png", 0.9))
+
+
+def test_jpeg_end_check_on_every_cut_and_with_data_after_the_end():
+    data = FRAME.read_bytes()
+    assert jpeg_is_complete(data)
+    cuts = [*range(100, len(data), len(data) // 50), *range(len(data) - 8, len(data))]
+    assert not any(jpeg_is_complete(data[:cut]) for cut in cuts)
+    assert jpeg_is_complete(data + b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)))  # a phone's "motion photo" video
+    # A header segment holding a whole small JPEG (as an EXIF thumbnail does), end marker included: only the main
+    # image's own end counts, so cutting the main image is still caught
+    thumbnail = cv2.imencode(".jpg", cv2.imread(str(FRAME))[::8, ::8])[1].tobytes()
+    with_thumbnail = data[:2] + b"\xff\xfe" + struct.pack(">H", len(thumbnail) + 2) + thumbnail + data[2:]
+    assert jpeg_is_complete(with_thumbnail) and not jpeg_is_complete(with_thumbnail[: len(thumbnail) + 1000])
+    assert cv2.imdecode(np.frombuffer(with_thumbnail, np.uint8), cv2.IMREAD_COLOR).shape == (480, 640, 3)
+
+
+def test_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch, recwarn):
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded despite the limit")
+
+    monkeypatch.setattr(utils.video.cv2, "imdecode", no_decoding)
+    with pytest.raises(UserError, match=r"000001\.jpg: 640x480 is 0\.3 MP, over the limit of 0\.3 MP \(max_pixels\): not decoded"):
+        VideoSource(str(FRAME), max_pixels=640 * 480 - 1)
+
+    # PNG headers of 10000x10000 and 20000x20000 (1.2 GB decoded) are refused from their few bytes, without warnings
+    def png_header(path, width, height):
+        def chunk(kind, body):
+            return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+        ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+        return str(path)
+
+    with pytest.raises(UserError, match=r"big\.png: 10000x10000 is 100\.0 MP, over the limit of 67\.1 MP \(max_pixels\)"):
+        VideoSource(png_header(tmp_path / "big.png", 10000, 10000))
+    with pytest.raises(UserError, match=r"huge\.png: more than 179 MP \(Pillow's decompression-bomb limit; max_pixels is 67\.1 MP\)"):
+        VideoSource(png_header(tmp_path / "huge.png", 20000, 20000))
+    assert len(recwarn) == 0
+
+
+def mixed_size_folder(tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    frame = cv2.imread(str(FRAME))
+    cv2.imwrite(str(folder / "a.jpg"), frame)
+    cv2.imwrite(str(folder / "b.png"), cv2.resize(frame, (320, 240)))
+    cv2.imwrite(str(folder / "c.jpg"), cv2.rotate(frame, cv2.ROTATE_90_CLOCKWISE))
+    cv2.imwrite(str(folder / "d.bmp"), cv2.resize(frame, (160, 120)))
+    return folder
+
+
+def test_folder_of_mixed_sizes_yields_each_at_its_own_size(tmp_path):
+    source = VideoSource(str(mixed_size_folder(tmp_path)))
+    assert (source.width, source.height) == (640, 480)  # the first frame's
+    assert [(index, frame.shape) for index, frame in source] == [
+        (0, (480, 640, 3)),
+        (1, (240, 320, 3)),
+        (2, (640, 480, 3)),
+        (3, (120, 160, 3)),
+    ]
+    assert source.bad_frames == []
+
+
+def test_oversized_image_in_a_folder_is_a_bad_frame(tmp_path, capsys):
+    source = VideoSource(str(mixed_size_folder(tmp_path)), max_pixels=320 * 240)
+    assert (source.width, source.height) == (320, 240)  # the first image it could read
+    assert [(index, frame.shape) for index, frame in source] == [(1, (240, 320, 3)), (3, (120, 160, 3))]
+    assert source.bad_frames == [0, 2]
+    assert capsys.readouterr().err.count("over the limit of 0.1 MP (max_pixels)") == 2  # once each, not again on opening
+
+
+def test_folder_with_no_readable_image_is_an_error(tmp_path):
+    truncated(FRAME, tmp_path / "a.jpg", 0.5)
+    (tmp_path / "b.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"none of its 2 images could be read \(the first: .*a\.jpg: truncated JPEG"):
+        VideoSource(str(tmp_path))
 
 
 def test_threaded_reader_keeps_order_prepares_and_batches():

@@ -7,7 +7,7 @@ import os
 import random
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -25,10 +25,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return help_text if "default:" in help_text else super()._get_help_string(action)
 
 
+class OutOfRange(argparse.ArgumentTypeError):
+    """A flag's value parsed but lies outside its range: bad input (exit 1, one line), not a usage error (exit 2)."""
+
+
 def number(kind: type = int, low: float | None = None, high: float | None = None) -> Callable[[str], Any]:
     """An argparse `type` that parses int/float and checks low <= value <= high: `type=number(int, 1)`.
 
-    A value out of range is a usage error (exit 2) naming the range, before any work starts.
+    With utils.cli.ArgumentParser, a value out of range ends the run before any work with one line and exit code 1;
+    text that is no number at all stays a usage error (argparse's usage line, exit 2).
     """
 
     def parse(text: str) -> Any:
@@ -44,11 +49,25 @@ def number(kind: type = int, low: float | None = None, high: float | None = None
                 if low is not None
                 else f"at most {high}"
             )
-            raise argparse.ArgumentTypeError(f"must be {bounds}, got {text}")
+            raise OutOfRange(f"must be {bounds}, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with HelpFormatter by default, and out-of-range numbers (see number()) as one line + exit code 1."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        if isinstance(sys.exc_info()[1].__context__ if sys.exc_info()[1] else None, OutOfRange):
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(1)
+        super().error(message)
 
 
 def run_cli(main: Callable[[Any], Any], args: Any) -> None:

@@ -1,16 +1,22 @@
 """Video in and out: any OpenCV source read on a background thread, atomic MP4 writing (PyAV), letterbox resize.
 
-A source is a video file, a stream URL (rtsp://, http://...), a camera index ("0") or a folder of images.
+A source is a video file, a stream URL (rtsp://, http://...), a camera index ("0"), a folder of images or one image.
 Frames are BGR uint8 (OpenCV's layout). Bad sources raise UserError with one line that says what is wrong.
+Images, alone or in a folder, go through one reader (read_image): EXIF orientation applied, truncated files and
+files over a pixel limit refused.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import queue
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +26,7 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own chatter wo
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 import cv2
 import numpy as np
+from PIL import Image
 
 from utils.cli import UserError
 
@@ -28,6 +35,91 @@ DEFAULT_FPS = 25.0  # image folders and streams that do not say their rate
 # FFmpeg's 'tty' demuxer plays these text files as ANSI-art "video": refuse them instead of detecting in ASCII art
 TEXT_EXTENSIONS = {".txt", ".ans", ".art", ".asc", ".diz", ".ice", ".nfo", ".vt"}
 MAX_CONSECUTIVE_BAD_FRAMES = 25  # past this many unreadable frames in a row, a file is taken to be over
+# Frames above this many pixels are refused before decoding. 8192 x 8192 = 67 MP takes every 8K video frame (33 MP)
+# and camera photos up to 64 MP (9248 x 6936), decodes to 200 MB of BGR, and stays under Pillow's own decompression
+# bomb warning (89 MP), so Pillow never speaks first. A 20000 x 20000 PNG (400 MP, 1.2 GB decoded) is refused.
+MAX_PIXELS = 8192 * 8192
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk with its CRC: the last thing a complete PNG holds
+
+
+@contextmanager
+def opencv_quiet() -> Iterator[None]:
+    """OpenCV's own log lines off for a call whose failure we report ourselves, in one line."""
+    previous = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(previous)
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """Whether a JPEG runs to its end-of-image marker (OpenCV decodes a truncated JPEG into a half-grey frame without
+    complaint). Walks the marker segments: lengths skip headers (and an EXIF thumbnail's own markers); after each
+    start-of-scan the compressed data runs to the next marker (0xFF not followed by 0x00 stuffing or RST0-7).
+    Data after the end marker (phone 'motion photos' append a video) is allowed. ~0.1 ms for a 640x480 frame.
+    """
+    buffer = np.frombuffer(data, np.uint8)
+    starts = np.flatnonzero(buffer[:-1] == 0xFF)
+    following = buffer[starts + 1]
+    markers = starts[(following != 0x00) & (following != 0xFF) & ((following < 0xD0) | (following > 0xD7))]
+    position = 2  # past the start-of-image marker
+    while position + 1 < len(data):
+        if data[position] != 0xFF:
+            return False  # not at a marker: a length pointed into nowhere
+        marker = data[position + 1]
+        if marker == 0xD9:
+            return True
+        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # fill byte, or a marker without a length
+            position += 1 if marker == 0xFF else 2
+            continue
+        if position + 4 > len(data):
+            return False
+        position += 2 + (data[position + 2] << 8 | data[position + 3])
+        if marker == 0xDA:  # start of scan: skip the compressed data to the next marker
+            following_marker = int(np.searchsorted(markers, position))
+            if following_marker == len(markers):
+                return False
+            position = int(markers[following_marker])
+    return False
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """One image file as BGR uint8, EXIF orientation applied (OpenCV's rules); a UserError that says why otherwise.
+
+    Refused with one line: a file over max_pixels (width x height from the header, before anything is decoded), a
+    truncated JPEG (no end marker) or PNG (no IEND chunk), and anything OpenCV cannot decode. 16-bit and grey images
+    come back as 8-bit BGR, as cv2.imread gives them.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise UserError(f"{path}: cannot read ({error.strerror or error})") from None
+    try:
+        with warnings.catch_warnings():  # our one line replaces Pillow's warnings (decompression bomb, corrupt EXIF)
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as header:  # lazy: reads the header only
+                image_format, (width, height) = header.format, header.size
+    except Image.DecompressionBombError:
+        pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
+        raise UserError(
+            f"{path}: more than {pillow_limit:.0f} MP (Pillow's decompression-bomb limit; max_pixels is {max_pixels / 1e6:.1f} MP): not decoded"
+        ) from None
+    except Image.UnidentifiedImageError:
+        raise UserError(f"{path}: not an image (no format that Pillow knows)") from None
+    except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... on broken headers
+        raise UserError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+    if width * height > max_pixels:
+        raise UserError(
+            f"{path}: {width}x{height} is {width * height / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:.1f} MP (max_pixels): not decoded"
+        )
+    if (image_format == "JPEG" and not jpeg_is_complete(data)) or (image_format == "PNG" and PNG_END not in data):
+        raise UserError(f"{path}: truncated {image_format} (its end marker is missing)")
+    with opencv_quiet():
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise UserError(f"{path}: a {image_format} header, but OpenCV could not decode the image (corrupt?)")
+    return image
 
 
 @dataclass
@@ -75,46 +167,54 @@ class Letterbox:
 
 
 class VideoSource:
-    """Frames of a file, URL, camera or image folder, in order; unreadable frames are skipped and counted.
+    """Frames of a file, URL, camera, image folder or single image, in order; unreadable frames are skipped and counted.
 
     Opening reads the first frame, so that an unreadable source fails here with a clear message rather than
-    later as an empty result.
+    later as an empty result. `width` and `height` are the first frame's size: the images of a folder may differ in
+    size, and each is yielded at its own. Images go through read_image: in a folder, one that is corrupt, truncated
+    or over max_pixels is a bad frame (skipped, counted in bad_frames, a warning on stderr) like an undecodable video
+    frame, and the run goes on; a single image file has no other frame, so there it is a UserError. max_pixels also
+    refuses a video whose frame size (from the container) is over it.
     """
 
-    def __init__(self, source: str | int) -> None:
+    def __init__(self, source: str | int, max_pixels: int = MAX_PIXELS) -> None:
         self.name = str(source)
+        self.max_pixels = max_pixels
         self.bad_frames: list[int] = []  # indices of frames that could not be decoded
         self._images: list[Path] | None = None
         self._capture: Any = None
         self._first: np.ndarray | None = None
+        self._first_index = 0  # an image folder's first readable image, decoded on opening and yielded from memory
         text = str(source)
         if text.isdigit():
             self._open_capture(int(text), f"camera {text} could not be opened (is a camera attached, and free?)")
         elif "://" in text:
             self._open_capture(text, f"stream {text} could not be opened")
         elif Path(text).is_dir():
-            self._open_folder(Path(text))
+            self._open_images(sorted(path for path in Path(text).iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS))
         elif Path(text).is_file():
             if Path(text).stat().st_size == 0:
-                raise UserError(f"{text} is an empty file, not a video")
+                raise UserError(f"{text} is an empty file, not a video or image")
             if Path(text).suffix.lower() in TEXT_EXTENSIONS:
                 raise UserError(f"{text} is a text file, not a video")
-            self._open_capture(text, f"{text} holds no readable video (not a video, corrupt, or zero frames)")
+            if Path(text).suffix.lower() in IMAGE_EXTENSIONS:
+                self._open_images([Path(text)])  # a one-frame source
+            else:
+                self._open_capture(text, f"{text} holds no readable video (not a video, corrupt, or zero frames)")
         else:
             raise UserError(f"{text}: no such file, folder, URL or camera index")
-        height, width = self._first.shape[:2] if self._first is not None else self._first_image_size()
-        self.width, self.height = width, height
+        self.height, self.width = self._first.shape[:2]
 
     def _open_capture(self, target: str | int, failure: str) -> None:
-        previous = cv2.utils.logging.getLogLevel()
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # our one line replaces OpenCV's warnings
-        try:
+        with opencv_quiet():
             capture = cv2.VideoCapture(target)
-        finally:
-            cv2.utils.logging.setLogLevel(previous)
         if not capture.isOpened():
             capture.release()
             raise UserError(failure)
+        width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        if width * height > self.max_pixels:
+            capture.release()
+            raise UserError(f"{self.name}: {width}x{height} frames are over the limit of {self.max_pixels / 1e6:.1f} MP (max_pixels)")
         self._capture = capture
         ok, frame = capture.read()
         if not ok or frame is None:
@@ -127,27 +227,35 @@ class VideoSource:
         count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = count if count > 0 and not isinstance(target, int) and "://" not in str(target) else None
 
-    def _open_folder(self, folder: Path) -> None:
-        images = sorted(path for path in folder.iterdir() if path.suffix.lower() in IMAGE_EXTENSIONS)
+    def _open_images(self, images: list[Path]) -> None:
         if not images:
-            raise UserError(f"{folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            raise UserError(f"{self.name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         self._images = images
         self.fps = DEFAULT_FPS
         self.frame_count = len(images)
-
-    def _first_image_size(self) -> tuple[int, int]:
-        for path in self._images or []:
-            image = cv2.imread(str(path))
-            if image is not None:
-                return image.shape[:2]
-        raise UserError(f"{self.name}: none of the images could be decoded")
+        errors = []
+        for index, path in enumerate(images):  # the bad ones before it are reported when iterating, once
+            try:
+                self._first, self._first_index = read_image(path, self.max_pixels), index
+                return
+            except UserError as error:
+                errors.append(error)
+        if len(images) == 1:
+            raise errors[0]  # a single image: its own one-line reason
+        raise UserError(f"{self.name}: none of its {len(images)} images could be read (the first: {errors[0]})")
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         """(frame index, BGR frame) for every readable frame; indices of unreadable ones go to bad_frames."""
         if self._images is not None:
             for index, path in enumerate(self._images):
-                image = cv2.imread(str(path))
-                if image is None:
+                if index == self._first_index and self._first is not None:
+                    image, self._first = self._first, None
+                    yield index, image
+                    continue
+                try:
+                    image = read_image(path, self.max_pixels)
+                except UserError as error:
+                    print(f"warning: {error}: frame {index} skipped", file=sys.stderr)
                     self.bad_frames.append(index)
                     continue
                 yield index, image
