@@ -132,3 +132,13 @@ def test_unknown_detector_and_missing_onnx(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"garbage")
     with pytest.raises(UserError, match="not a loadable ONNX model"):
         OnnxSSDLitePersonDetector(tmp_path / "bad.onnx")
+
+
+def test_resolve_weights_auto_offline_is_none_with_a_warning(offline, capsys):
+    from utils.detectors import resolve_weights
+
+    assert resolve_weights("fasterrcnn_resnet50_fpn", "auto") == "none"
+    assert "--weights auto: fasterrcnn_resnet50_fpn starts from RANDOM weights" in capsys.readouterr().err
+    assert resolve_weights("fasterrcnn_resnet50_fpn", "some/path.pth") == "some/path.pth"  # anything else: unchanged
+    with pytest.raises(UserError, match="unknown torchvision detector"):
+        resolve_weights("yolo", "auto")
