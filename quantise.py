@@ -15,11 +15,15 @@ Schemes (--scheme, or all that the model offers):
 - static: post-training INT8 with calibration on real frames (--calib-frames), FX graph mode (why FX and not PT2E,
   and every observer choice with its evidence: utils/quantization.py); detectors: backbone + FPN + RPN head static,
   box head dynamic -- ONNX Runtime QDQ static for ONNX models;
-- bf16: autocast to bfloat16 on the CPU; fp16: autocast to float16 on CUDA (skipped without a GPU).
+- bf16 / fp16: autocast of the FP32 model to bfloat16 / float16 on --device: bf16 on the CPU or on CUDA, fp16 on CUDA
+  only (on a CPU-only machine its row says why it was skipped). INT8 always runs on the CPU.
+Every speed-up is against FP32 on the row's own device: when a scheme runs on the GPU, FP32 is measured there too
+(IEEE FP32: TF32 off), next to the CPU's FP32 that the INT8 rows are compared with.
 
 Run:
     python quantise.py --backend fbgemm              # fasterrcnn_resnet50_fpn, every scheme (random weights offline)
     python quantise.py --model efficientnet_lite0 --backend fbgemm --scheme all
+    python quantise.py --model efficientnet_lite0 --scheme fp16 --device cuda   # FP16 against FP32, both on the GPU
     python quantise.py --model ssdlite_person --scheme all                # ONNX Runtime INT8 of the bundled detector
     python quantise.py --model dinov2_vits14 --scheme dynamic             # torch.hub: needs internet the first time
     python video_main_person.py --detector fasterrcnn_resnet50_fpn --quantized runs/quantise/fasterrcnn_resnet50_fpn-static.pt
@@ -39,6 +43,7 @@ import contextlib
 import io
 import json
 import multiprocessing
+import platform
 import resource
 import shutil
 import sys
@@ -50,8 +55,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.cli import HelpFormatter, UserError, resolve_device, run_cli, set_threads
-from utils.detectors import REPO_ROOT, SSDLITE_PERSON_PATH, TORCHVISION_DETECTORS, TorchvisionDetector, build_detector
+from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, set_threads
+from utils.detectors import REPO_ROOT, SSDLITE_PERSON_PATH, TORCHVISION_DETECTORS, TorchvisionDetector, build_detector, resolve_weights
 from utils.metrics import box_iou
 from utils.quantization import (
     ENGINES,
@@ -83,6 +88,8 @@ LATENCY_SIZE = (427, 240)  # detectors are timed at video_main_person.py's worki
 CALIB_FRAMES = {"detector": 32, "onnx": 96, "classifier": 200}
 AP_SCORE_FLOOR = 0.05  # AP needs the low-score tail; agreement uses each detector's own threshold
 NOT_MEASURED = "not measured: no pretrained weights"
+INT8_SCHEMES = ("dynamic", "static")  # eager/FX INT8 kernels (fbgemm, x86, qnnpack, onednn) and ONNX Runtime's: CPU only
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # run-time casts of the FP32 model: no file of their own
 
 
 def model_kind(name: str) -> str:
@@ -105,6 +112,29 @@ def resolve_schemes(name: str, scheme: str) -> list[str]:
     return [scheme]
 
 
+def plan_rows(schemes: list[str], device: str, cuda_visible: bool, cuda_bf16: bool = True) -> list[dict[str, str]]:
+    """Where each row of the report runs, in report order: {'scheme', 'device'}, or {'scheme', 'skipped': why}.
+
+    INT8 runs on the CPU, bf16 on `device` ('cpu' or 'cuda'), fp16 on CUDA only. FP32 comes first, on the CPU (the
+    INT8 baseline) and, when any scheme runs on the GPU, on the GPU too: every speed-up is over the same device's FP32.
+    """
+    rows = []
+    for scheme in schemes:
+        if scheme in INT8_SCHEMES:
+            rows.append({"scheme": scheme, "device": "cpu"})
+        elif scheme == "fp16" and device != "cuda":
+            why = "--device cpu was asked for" if cuda_visible else "torch sees no GPU here"
+            rows.append({"scheme": scheme, "skipped": f"fp16 runs on CUDA only and {why} (bf16 is the CPU's 16-bit scheme)"})
+        elif scheme == "bf16" and device == "cuda" and not cuda_bf16:
+            rows.append({"scheme": scheme, "skipped": "this GPU has no bfloat16 units (compute capability < 8.0): try --device cpu"})
+        else:
+            rows.append({"scheme": scheme, "device": device})
+    baselines = [{"scheme": "fp32", "device": "cpu"}]
+    if any(row.get("device") == "cuda" for row in rows):
+        baselines.append({"scheme": "fp32", "device": "cuda"})
+    return baselines + rows
+
+
 ######################################################################################################################
 # Data: evaluation and calibration sets, read the same way in the parent and in each measuring process
 
@@ -114,10 +144,11 @@ def read_eval_frames(limit: int | None) -> tuple[list[np.ndarray], list[np.ndarr
     import cv2
 
     from utils.mot import read_mot_sequence
+    from utils.video import read_image
 
     sequence = read_mot_sequence(EVAL_SEQUENCE)
     numbers = range(1, len(sequence) + 1)[:limit]
-    frames = [cv2.cvtColor(cv2.imread(str(sequence.image_paths[n - 1])), cv2.COLOR_BGR2RGB) for n in numbers]
+    frames = [cv2.cvtColor(read_image(sequence.image_paths[n - 1]), cv2.COLOR_BGR2RGB) for n in numbers]  # truncated: an error
     return frames, [sequence.boxes(n)[:, :4] for n in numbers]
 
 
@@ -208,7 +239,7 @@ def make_artefact(name: str, scheme: str, args: argparse.Namespace, out: Path, f
     fp32 saves the baseline; bf16/fp16 are autocast at run time, so they reuse the fp32 file.
     """
     kind = model_kind(name)
-    if scheme in ("bf16", "fp16"):
+    if scheme in AUTOCAST:
         return fp32_artefact, {}
     if kind == "onnx":
         path = make_onnx_artefact(scheme, args, out)
@@ -230,8 +261,6 @@ def make_artefact(name: str, scheme: str, args: argparse.Namespace, out: Path, f
     if scheme != "fp32":
         calib = []
         if scheme == "static":
-            if args.calib_frames <= 0:
-                raise UserError("static quantisation needs calibration data: --calib-frames must be at least 1")
             from utils.imagenet import read_tiny_imagenet
 
             calib = preprocess_images(name, read_tiny_imagenet(args.tiny_imagenet, "train", args.calib_frames)[0])
@@ -320,7 +349,8 @@ def rss_mb() -> float:
 
 
 def time_calls(run: Any, inputs: list, warmup: int, repeats: int, sync: bool) -> dict[str, float]:
-    """Median/p95 ms of run(inputs[i % len]) over `repeats` calls after `warmup` untimed ones."""
+    """Median/p95 ms of run(inputs[i % len]) over `repeats` calls after `warmup` untimed ones; sync: CUDA work is
+    asynchronous, so synchronise before starting the clock and before stopping it."""
     from utils.timing import summarize
 
     for index in range(warmup):
@@ -338,33 +368,67 @@ def time_calls(run: Any, inputs: list, warmup: int, repeats: int, sync: bool) ->
     return {"median_ms": stats["median_ms"], "p95_ms": stats["p95_ms"]}
 
 
+def to_host(value: Any) -> Any:
+    """`value` with every tensor in it (through dicts, lists and tuples) as a numpy array in host memory, bfloat16 and
+    float16 widened to float32. All that a measuring process returns goes through this: a CUDA tensor sent to the
+    parent is a CUDA IPC handle into a process about to exit, and the parent's arithmetic on it would mix devices."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        return (value.float() if value.dtype in (torch.bfloat16, torch.float16) else value).numpy()
+    if isinstance(value, dict):
+        return {key: to_host(item) for key, item in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(to_host(item) for item in value)
+    return value
+
+
+def device_name(device: torch.device) -> str:
+    """What a row ran on, for the report: the GPU's name, or the CPU's architecture and vector capability."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {torch.backends.cpu.get_cpu_capability()}"
+
+
+def autocast_to(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on `device`'s type (a new context each call); None: full precision, no autocast at all."""
+    return torch.autocast(device.type, dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def measure(job: dict[str, Any]) -> dict[str, Any]:
-    """Load one artefact and measure it; runs in its own process. Returns figures and raw predictions."""
+    """Load one artefact on job['device'] and measure it; runs in its own process. Returns figures and raw predictions,
+    all in host memory (numpy and Python numbers)."""
     args = argparse.Namespace(**job["args"])
     set_threads(args.threads)
     name, scheme, kind = job["model"], job["scheme"], model_kind(job["model"])
-    device = torch.device("cuda" if scheme == "fp16" else "cpu")
-    autocast = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(scheme)
+    device = torch.device(job["device"])
+    on_gpu = device.type == "cuda"  # only FP32, bf16 and fp16 get here: plan_rows keeps INT8 on the CPU
+    dtype = AUTOCAST.get(scheme)
+    if on_gpu:
+        # FP32 means IEEE FP32: with cuDNN's default TF32 convolutions the baseline would itself be reduced precision
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.cuda.reset_peak_memory_stats(device)  # per worker: the peak of this model alone, weights included
     rss_before = rss_mb()
     start = time.perf_counter()
     if kind in ("detector", "onnx"):
         if kind == "detector":
-            detector = build_detector(name, quantized=job["path"], score_thresh=AP_SCORE_FLOOR)
-            if device.type == "cuda":
+            detector = build_detector(name, quantized=job["path"], score_thresh=AP_SCORE_FLOOR)  # rebuilt on the CPU
+            if on_gpu:  # the float model moves over; detect() sends frames to detector.device and results back as numpy
                 detector.model.to(device)
                 detector.device = device
-            detector.autocast_dtype = autocast
+            detector.autocast_dtype = dtype
         else:
             detector = build_detector(name, quantized=job["path"], score_thresh=AP_SCORE_FLOOR, threads=args.threads)
+        if on_gpu:
+            torch.cuda.synchronize(device)
         load_s = time.perf_counter() - start
         frames, _ = read_eval_frames(args.eval_frames)
         import cv2
 
         small = [cv2.resize(frame, LATENCY_SIZE, interpolation=cv2.INTER_AREA) for frame in frames]
         batches = [small[i : i + args.batch_size] for i in range(0, len(small) - args.batch_size + 1, args.batch_size)] or [small]
-        sync = device.type == "cuda"
-        latency_1 = time_calls(lambda frame: detector.detect([frame]), small, args.warmup, args.repeats, sync)
-        latency_b = time_calls(detector.detect, batches, max(args.warmup // 2, 1), max(args.repeats // 2, 3), sync)
+        latency_1 = time_calls(lambda frame: detector.detect([frame]), small, args.warmup, args.repeats, on_gpu)
+        latency_b = time_calls(detector.detect, batches, max(args.warmup // 2, 1), max(args.repeats // 2, 3), on_gpu)
         predictions = []
         if job["evaluate"]:
             for frame in tqdm(frames, desc=f"evaluating {scheme}", leave=False):
@@ -373,27 +437,29 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
     else:
         artefact = read_artefact(job["path"], name)
         model = classifier_structure(name)
-        if artefact["scheme"] in ("dynamic", "static"):  # the same recipe, calibrated on zeros: qparams come with the state
+        if artefact["scheme"] in INT8_SCHEMES:  # the same recipe, calibrated on zeros: qparams come with the state
             set_engine(artefact["backend"])
             model = quantize_classifier(
                 model, artefact["scheme"], artefact["backend"], lambda prepared: prepared(torch.zeros(1, 3, 224, 224))
             )
         load_state(model, artefact["state_dict"], job["path"])
         model.to(device)
+        if on_gpu:
+            torch.cuda.synchronize(device)
         load_s = time.perf_counter() - start
         sets = {key: (preprocess_images(name, images), labels) for key, (images, labels) in read_eval_images(args).items()}
 
         @torch.inference_mode()
         def run(batch: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device.type, autocast or torch.float32, enabled=autocast is not None):
+            with autocast_to(device, dtype):
                 return model(batch.to(device)).float()
 
-        images = sets["imagenet"][0]
-        sync = device.type == "cuda"
-        latency_1 = time_calls(run, list(images.split(1)), args.warmup, args.repeats, sync)
-        latency_b = time_calls(run, list(images.split(args.batch_size)), max(args.warmup // 2, 1), max(args.repeats // 2, 3), sync)
+        images = sets["imagenet"][0].to(device)  # on the device before timing: the model's latency, not the copy's
+        latency_1 = time_calls(run, list(images.split(1)), args.warmup, args.repeats, on_gpu)
+        latency_b = time_calls(run, list(images.split(args.batch_size)), max(args.warmup // 2, 1), max(args.repeats // 2, 3), on_gpu)
         predictions = {key: torch.cat([run(chunk) for chunk in inputs.split(32)]).topk(5).indices for key, (inputs, _) in sets.items()}
     result = {
+        "device_name": device_name(device),
         "load_s": load_s,
         "latency_batch1": latency_1,
         f"latency_batch{args.batch_size}": latency_b,
@@ -402,13 +468,15 @@ def measure(job: dict[str, Any]) -> dict[str, Any]:
         "model_rss_mb": rss_mb() - rss_before,
         "predictions": predictions,
     }
-    if device.type == "cuda":
-        result["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return result
+    if on_gpu:
+        torch.cuda.synchronize(device)
+        result["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return to_host(result)
 
 
 def measure_in_fresh_process(job: dict[str, Any]) -> dict[str, Any]:
-    """measure(job) in a new interpreter: nothing earlier in this one (other models, allocator state) counts."""
+    """measure(job) in a new interpreter: nothing earlier in this one (other models, allocator state) counts. Spawned,
+    not forked: a forked child cannot use CUDA once the parent has touched it."""
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
         return pool.submit(measure, job).result()
@@ -467,13 +535,15 @@ def detection_agreement(reference: list, candidate: list, score_thresh: float, s
 
 
 def classification_accuracy(predictions: dict, labels: dict, reference: dict | None) -> dict[str, float]:
-    """top-1/top-5 per evaluation set, and top-1 agreement with the FP32 model's predictions."""
+    """top-1/top-5 per evaluation set, and top-1 agreement with the FP32 model's predictions (top-5 class indices
+    per image, numpy or CPU tensors)."""
     figures = {}
     for key, top5 in predictions.items():
-        figures[f"{key}_top1"] = float((top5[:, 0] == labels[key]).float().mean())
-        figures[f"{key}_top5"] = float((top5 == labels[key][:, None]).any(dim=1).float().mean())
+        top5, truth = torch.as_tensor(top5), torch.as_tensor(labels[key])
+        figures[f"{key}_top1"] = float((top5[:, 0] == truth).float().mean())
+        figures[f"{key}_top5"] = float((top5 == truth[:, None]).any(dim=1).float().mean())
         if reference is not None:
-            figures[f"{key}_agree_top1"] = float((top5[:, 0] == reference[key][:, 0]).float().mean())
+            figures[f"{key}_agree_top1"] = float((top5[:, 0] == torch.as_tensor(reference[key])[:, 0]).float().mean())
     return figures
 
 
@@ -481,23 +551,35 @@ def classification_accuracy(predictions: dict, labels: dict, reference: dict | N
 # Report
 
 
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """Give each measured row speedup_batch1 over the FP32 row of its OWN device, named in speedup_baseline: a GPU
+    row over GPU FP32 (a GPU-vs-CPU ratio says nothing about the precision), None where that device has no FP32."""
+    fp32_ms = {row["device"]: row["latency_batch1"]["median_ms"] for row in rows if row["scheme"] == "fp32" and "skipped" not in row}
+    for row in rows:
+        if "skipped" not in row:
+            baseline = fp32_ms.get(row["device"])
+            row["speedup_batch1"] = baseline / row["latency_batch1"]["median_ms"] if baseline else None
+            row["speedup_baseline"] = f"fp32 {row['device']}" if baseline else None
+
+
 def format_table(rows: list[dict[str, Any]], batch_size: int) -> str:
-    """The impact table, markdown."""
+    """The impact table, markdown: one row per (scheme, device)."""
     accuracy_keys = sorted(
         {key for row in rows for key in row.get("accuracy", {})},
         key=lambda k: ("agree" in k or "drift" in k or "same" in k or "matched" in k, k),
     )
     header = ["model", "scheme", "device", "b1 median ms", "b1 p95 ms", f"b{batch_size} median ms", f"b{batch_size} p95 ms",
-              "items/s", "speed-up b1", "size MB", "peak RSS MB", "load s", *accuracy_keys, "quantised layers"]  # fmt: skip
+              "items/s", "speed-up b1 vs same-device fp32", "size MB", "peak RSS MB", "load s", *accuracy_keys, "quantised layers"]  # fmt: skip
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         if "skipped" in row:
-            lines.append(f"| {row['model']} | {row['scheme']} | " + f"skipped: {row['skipped']} |" + " |" * (len(header) - 3))
+            lines.append(f"| {row['model']} | {row['scheme']} | - | skipped: {row['skipped']} |" + " |" * (len(header) - 4))
             continue
         batch = row[f"latency_batch{batch_size}"]
         accuracy = row.get("accuracy", {})
+        speedup = "-" if row["speedup_batch1"] is None else f"{row['speedup_batch1']:.2f}x"
         cells = [row["model"], row["scheme"], row["device"], f"{row['latency_batch1']['median_ms']:.1f}", f"{row['latency_batch1']['p95_ms']:.1f}",
-                 f"{batch['median_ms']:.1f}", f"{batch['p95_ms']:.1f}", f"{row['throughput_per_s']:.1f}", f"{row['speedup_batch1']:.2f}x",
+                 f"{batch['median_ms']:.1f}", f"{batch['p95_ms']:.1f}", f"{row['throughput_per_s']:.1f}", speedup,
                  f"{row['size_mb']:.1f}", f"{row['peak_rss_mb']:.0f}", f"{row['load_s']:.2f}"]  # fmt: skip
         cells += [
             "-" if key not in accuracy else accuracy[key] if isinstance(accuracy[key], str) else f"{accuracy[key]:.3f}"
@@ -508,44 +590,66 @@ def format_table(rows: list[dict[str, Any]], batch_size: int) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    """Latency vs accuracy (where measured) and size on disk, one point/bar per scheme."""
-    import matplotlib
+DEVICE_COLOURS = {"cpu": "tab:blue", "cuda": "tab:green"}
 
+
+def plot(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Latency vs accuracy (where measured) and size on disk, one point/bar per (scheme, device), coloured by device.
+    Returns False, with a note, where matplotlib is missing: the table and results.json hold every figure anyway."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("note: matplotlib is not installed: quantise.png not written", file=sys.stderr)
+        return False
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     measured = [row for row in rows if "skipped" not in row]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    schemes = [row["scheme"] for row in measured]
+    devices = sorted({row["device"] for row in measured})
+    labels = [f"{row['scheme']} {row['device']}" if len(devices) > 1 else row["scheme"] for row in measured]
+    colours = [DEVICE_COLOURS.get(row["device"], "tab:red") for row in measured]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11 + 2 * (len(devices) > 1), 4))
     latencies = [row["latency_batch1"]["median_ms"] for row in measured]
     accuracy_key = next((key for key in ("ap50", "imagenet_top1") if isinstance(measured[0].get("accuracy", {}).get(key), float)), None)
     if accuracy_key:
-        for scheme, latency, row in zip(schemes, latencies, measured, strict=True):
-            left.scatter(latency, row["accuracy"][accuracy_key], s=60)
-            left.annotate(f"{scheme} {latency:.0f} ms", (latency, row["accuracy"][accuracy_key]), textcoords="offset points", xytext=(5, 5))
+        # accuracies often tie (INT8 keeps top-1): labels go above and below in turn, in latency order, not on top of each other
+        rank = {index: position for position, index in enumerate(sorted(range(len(measured)), key=latencies.__getitem__))}
+        for index, (label, latency, colour, row) in enumerate(zip(labels, latencies, colours, measured, strict=True)):
+            left.scatter(latency, row["accuracy"][accuracy_key], s=60, color=colour)
+            offset = (6, 16, -14, -24)[rank[index] % 4]
+            left.annotate(f"{label} {latency:.1f} ms", (latency, row["accuracy"][accuracy_key]), textcoords="offset points",
+                          xytext=(4, offset), fontsize=8)  # fmt: skip
         left.set(xlabel="latency, batch 1 (ms, median, log scale)", ylabel=accuracy_key)
-        left.set_xscale("log")  # bf16 on a CPU without bf16 units sits 10x to the right
+        left.set_xscale("log")  # bf16 on a CPU without bf16 units sits 10x to the right, a GPU 10x to the left
+        left.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        left.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        left.margins(x=0.25, y=0.25)  # room for the labels
     else:  # no accuracy to plot against: latency alone
-        left.bar(schemes, latencies, color="tab:blue")
+        left.bar(labels, latencies, color=colours)
         left.set(ylabel="latency, batch 1 (ms, median, log scale)", xlabel=NOT_MEASURED.replace(":", " (accuracy):"))
         left.set_yscale("log")
         left.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if len(devices) > 1:  # which colour is which device; bar labels turned so that "scheme device" pairs do not overlap
+        left.legend(handles=[Patch(color=DEVICE_COLOURS.get(d, "tab:red"), label=d) for d in devices], title="device")
+        for axes in (left, right):
+            axes.tick_params(axis="x", labelrotation=30)
     left.set_title(measured[0]["model"])
     left.grid(alpha=0.3, which="both")
-    right.bar(schemes, [row["size_mb"] for row in measured], color="tab:gray")
+    right.bar(labels, [row["size_mb"] for row in measured], color="tab:gray")
     right.set(ylabel="size on disk (MB)", title="model size")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+    return True
 
 
 ######################################################################################################################
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="fasterrcnn_resnet50_fpn", help=f"one of: {', '.join(MODELS)}")
     parser.add_argument("--backend", default="fbgemm", help=f"quantised engine: {', '.join(ENGINES)}")
     parser.add_argument("--scheme", default="all", help="dynamic, static, fp16, bf16, or all that the model offers")
@@ -558,7 +662,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calib", default=str(CALIB_VIDEO), help="detectors: video or image folder to calibrate on")
     parser.add_argument(
         "--calib-frames",
-        type=int,
+        type=number(int, 1),
         default=None,
         help="calibration frames (detectors, from --calib) or Tiny-ImageNet train images (classifiers) "
         "(default: 32 torchvision detectors, 96 ssdlite_person, 200 classifiers)",
@@ -570,80 +674,85 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="activation calibration for static INT8 (default: histogram for torch models, minmax for ONNX Runtime: "
         "ssdlite AP@0.5 drop 1.75 points with minmax, 2.3 with percentile, 96 frames)",
     )
-    parser.add_argument("--proposals", type=int, default=100, help="RPN proposals per frame (torchvision detectors)")
-    parser.add_argument("--eval-frames", type=int, default=None, help="TUD-Campus frames for detector accuracy (default: all 71)")
-    parser.add_argument("--max-images", type=int, default=None, help="images per classifier evaluation set (default: all)")
+    parser.add_argument("--proposals", type=number(int, 1), default=100, help="RPN proposals per frame (torchvision detectors)")
+    parser.add_argument(
+        "--eval-frames", type=number(int, 1), default=None, help="TUD-Campus frames for detector accuracy (default: all 71)"
+    )
+    parser.add_argument("--max-images", type=number(int, 1), default=None, help="images per classifier evaluation set (default: all)")
     parser.add_argument("--imagenet", default=str(REPO_ROOT / "assets" / "data" / "imagenet-sample-256"), help="ImageNet sample folder")
     parser.add_argument("--tiny-imagenet", default=str(REPO_ROOT / "assets" / "data" / "tiny-imagenet-200"), help="Tiny-ImageNet folder")
-    parser.add_argument("--batch-size", type=int, default=4, help="the larger batch timed besides batch 1")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls before timing")
-    parser.add_argument("--repeats", type=int, default=20, help="timed calls at batch 1 (half as many at --batch-size)")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads, fixed for comparable timings")
-    parser.add_argument("--device", default="auto", help="auto|cpu|cuda: where fp16 runs (INT8 and bf16 always run on the CPU)")
+    parser.add_argument("--batch-size", type=number(int, 1), default=4, help="the larger batch timed besides batch 1")
+    parser.add_argument("--warmup", type=number(int, 0), default=3, help="untimed calls before timing")
+    parser.add_argument("--repeats", type=number(int, 1), default=20, help="timed calls at batch 1 (half as many at --batch-size)")
+    parser.add_argument("--threads", type=number(int, 1), default=2, help="intra-op threads, fixed for comparable timings")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="where bf16 and fp16 run: auto is cuda when a GPU is visible, else cpu; fp16 needs cuda (skipped on the CPU), "
+        "INT8 always runs on the CPU; FP32 is measured on every device used (default: auto)",
+    )
     parser.add_argument("--out", default="runs/quantise", help="artefacts, results.json, quantise.png")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: few frames/images, few timing calls")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    kind = model_kind(args.model)
     if args.observer is None:
-        args.observer = "minmax" if model_kind(args.model) == "onnx" else "histogram"
+        args.observer = "minmax" if kind == "onnx" else "histogram"
     if args.calib_frames is None:
-        args.calib_frames = CALIB_FRAMES.get(model_kind(args.model), CALIB_FRAMES["classifier"])
+        args.calib_frames = CALIB_FRAMES.get(kind, CALIB_FRAMES["classifier"])
     if args.quick:
         args.eval_frames, args.max_images = args.eval_frames or 6, args.max_images or 16
         args.warmup, args.repeats, args.calib_frames = 1, 3, min(args.calib_frames, 8)
-    for flag in ("batch_size", "repeats", "threads"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
-    kind = model_kind(args.model)
     schemes = resolve_schemes(args.model, args.scheme)
     set_engine(args.backend)
     set_threads(args.threads)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device).type
+    cuda_bf16 = device != "cuda" or "bf16" not in schemes or torch.cuda.is_bf16_supported()
+    plan = plan_rows(schemes, device, torch.cuda.is_available(), cuda_bf16)
+    for planned in plan:
+        if "skipped" in planned:
+            print(f"note: {planned['scheme']} skipped: {planned['skipped']}", file=sys.stderr)
+    if device == "cuda" and all(planned.get("device") != "cuda" for planned in plan):
+        print(f"note: --device cuda: {', '.join(schemes)} run(s) on the CPU only; nothing here uses the GPU", file=sys.stderr)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if kind == "detector" and args.weights.upper() in ("AUTO", "DEFAULT"):  # settle the weights now, in one place
-        try:
-            TorchvisionDetector(args.model, "DEFAULT", "cpu")
-            args.weights = "DEFAULT"
-        except UserError as error:
-            if args.weights.upper() == "DEFAULT":
-                raise
-            print(f"warning: {error}\nwarning: --weights auto: random weights, accuracy not measured", file=sys.stderr)
-            args.weights = "none"
+    if kind == "detector":  # settle --weights auto now, in the one place that does it
+        args.weights = resolve_weights(args.model, args.weights)
     pretrained = kind != "detector" or args.weights.lower() != "none"
     if args.model == "dinov2_vits14":
         load_classifier(args.model)
-    if "static" in schemes:  # check the calibration data now, not after the FP32 baseline has been measured
-        if args.calib_frames < 1:
-            raise UserError("static quantisation needs calibration data: --calib-frames must be at least 1")
-        if kind in ("detector", "onnx"):
-            from utils.video import VideoSource
+    if "static" in schemes and kind in ("detector", "onnx"):  # check the calibration video now, not after FP32's run
+        from utils.video import VideoSource
 
-            VideoSource(args.calib).close()
+        VideoSource(args.calib).close()
 
-    rows, reference = [], None
     labels = {key: labels for key, (_, labels) in read_eval_images(args).items()} if kind in CLASSIFIERS else None
     gt_boxes = read_eval_frames(args.eval_frames)[1] if kind in ("detector", "onnx") else None
-    fp32_artefact = None
-    for scheme in tqdm(["fp32", *schemes], desc=f"quantise {args.model}", unit="scheme"):
-        row: dict[str, Any] = {"model": args.model, "scheme": scheme, "backend": args.backend}
-        if scheme == "fp16" and device.type != "cuda":
-            rows.append({**row, "skipped": "fp16 needs CUDA (--device cuda); on CPU see bf16"})
+    rows, fp32_predictions, artefacts = [], {}, {}
+    for planned in tqdm(plan, desc=f"quantise {args.model}", unit="row"):
+        scheme = planned["scheme"]
+        row: dict[str, Any] = {"model": args.model, "scheme": scheme, "device": planned.get("device"), "backend": args.backend}
+        if "skipped" in planned:
+            rows.append({**row, "skipped": planned["skipped"]})
             continue
-        path, counts = make_artefact(args.model, scheme, args, out, fp32_artefact)
-        fp32_artefact = fp32_artefact or path
-        job = {"model": args.model, "scheme": scheme, "path": str(path), "args": vars(args), "evaluate": pretrained}
+        if scheme not in artefacts:  # FP32 on a second device, bf16 and fp16 all run the FP32 file
+            artefacts[scheme] = make_artefact(args.model, scheme, args, out, artefacts.get("fp32", (None,))[0])
+        path, counts = artefacts[scheme]
+        job = {
+            "model": args.model,
+            "scheme": scheme,
+            "device": row["device"],
+            "path": str(path),
+            "args": vars(args),
+            "evaluate": pretrained,
+        }
         figures = measure_in_fresh_process(job)
         predictions = figures.pop("predictions")
-        row.update(
-            device="cuda" if scheme == "fp16" else "cpu",
-            artefact=str(path),
-            size_mb=path.stat().st_size / 2**20,
-            quantised_layers=counts,
-            **figures,
-        )
+        reference = fp32_predictions.get(row["device"])  # agreement, like speed, is against FP32 on the same device
+        row.update(artefact=str(path), size_mb=path.stat().st_size / 2**20, quantised_layers=counts, **figures)
         if kind in CLASSIFIERS:
             row["accuracy"] = classification_accuracy(predictions, labels, reference)
         elif pretrained:
@@ -653,20 +762,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 row["accuracy"].update(detection_agreement(reference, predictions, threshold, (640, 480)))
         else:
             row["accuracy"] = dict.fromkeys(("ap50", "ap", "matched_iou", "score_drift", "same_main_person"), NOT_MEASURED)
-        reference = predictions if scheme == "fp32" else reference
+        if scheme == "fp32":
+            fp32_predictions[row["device"]] = predictions
         rows.append(row)
-    baseline = rows[0]["latency_batch1"]["median_ms"]
-    for row in rows:
-        if "skipped" not in row:
-            row["speedup_batch1"] = baseline / row["latency_batch1"]["median_ms"]
+    add_speedups(rows)
 
     table = format_table(rows, args.batch_size)
     print(table)
     results = {"model": args.model, "backend": args.backend, "threads": args.threads, "torch": torch.__version__,
-               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "rows": rows}  # fmt: skip
+               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": args.device,
+               "devices": {row["device"]: row["device_name"] for row in rows if "device_name" in row}, "rows": rows}  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    plot(rows, out / "quantise.png")
-    print(f"wrote {out / 'results.json'}, {out / 'quantise.png'} and the artefacts in {out}", file=sys.stderr)
+    plotted = plot(rows, out / "quantise.png")
+    print(f"wrote {out / 'results.json'}{', ' + str(out / 'quantise.png') if plotted else ''} and the artefacts in {out}", file=sys.stderr)
     shutil.rmtree(out / "__pycache__", ignore_errors=True)
     return results
 

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import quantise
-from utils.cli import HelpFormatter, run_cli, set_threads
+from utils.cli import ArgumentParser, number, run_cli, set_threads
 from utils.detectors import OnnxSSDLitePersonDetector, TorchvisionDetector
 from utils.efficientnet_lite import load_efficientnet_lite0, preprocess
 from utils.imagenet import read_imagenet_samples, read_tiny_imagenet
@@ -130,7 +130,7 @@ def bench_ssdlite(args: argparse.Namespace) -> dict:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="fbgemm", help="quantised engine for the torch models")
     parser.add_argument("--weights", default="none", help="fasterrcnn_resnet50_fpn weights: none (offline), DEFAULT, or a path")
     parser.add_argument(
@@ -138,19 +138,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--calib-images",
-        type=int,
+        type=number(int, 1),
         default=quantise.CALIB_FRAMES["classifier"],
         help="Tiny-ImageNet train images to calibrate efficientnet_lite0 on",
     )
     parser.add_argument(
-        "--calib-frames", type=int, default=None, help="office-video frames to calibrate the detectors on (default: quantise.py's, 32 / 96)"
+        "--calib-frames",
+        type=number(int, 1),
+        default=None,
+        help="office-video frames to calibrate the detectors on (default: quantise.py's, 32 / 96)",
     )
     parser.add_argument(
         "--observer", default="minmax", choices=("histogram", "minmax"), help="ssdlite_person's calibration (as quantise.py)"
     )
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
-    parser.add_argument("--calls", type=int, default=20, help="timed calls per model per round (a quarter for Faster R-CNN)")
-    parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
+    parser.add_argument("--rounds", type=number(int, 1), default=5, help="interleaved timing rounds")
+    parser.add_argument("--calls", type=number(int, 1), default=20, help="timed calls per model per round (a quarter for Faster R-CNN)")
+    parser.add_argument("--threads", type=number(int, 1), default=2, help="intra-op threads")
     parser.add_argument("--only", choices=("efficientnet", "detector", "ssdlite"), default=None, help="run one part (default: all)")
     return parser
 

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import subprocess
 import sys
@@ -17,3 +18,14 @@ def test_bench_quantise_ends_with_its_json_line():
     assert result["efficientnet_top1_fp32"] >= 0.85  # real weights on the bundled ImageNet images
     assert result["efficientnet_top1_drop"] == pytest.approx(result["efficientnet_top1_fp32"] - result["efficientnet_top1_int8"], abs=1e-3)
     assert "detector_speedup" not in result  # --only runs one part
+
+
+@pytest.mark.parametrize("flag", ["--rounds", "--calls", "--threads", "--calib-images", "--calib-frames"])
+def test_bench_quantise_numbers_below_one_are_one_line_errors(flag, capsys):
+    spec = importlib.util.spec_from_file_location("bench_quantise", REPO / "benchmarks" / "bench_quantise.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as exit_info:
+        bench.get_args_parser().parse_args([flag, "0"])
+    assert exit_info.value.code == 1  # out of range: bad input, one line (utils.cli.ArgumentParser)
+    assert f"argument {flag}: must be at least 1, got 0" in capsys.readouterr().err
