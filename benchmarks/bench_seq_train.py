@@ -11,8 +11,12 @@ Measured (2-core AMD EPYC, resnet50-FPN, B=2, T=10, 240x427, median of 3 rounds)
 of 4 39.1 s (1.01x), batched all at once 53.3 s. On this CPU the convolutions are compute-bound and 20 frames of activations overflow the
 32 MB L3, so one big batch is slower, not faster; batching pays where per-call overhead dominates (a GPU).
 
+Those figures predate GroupNorm: a model trained from scratch (as here, random weights) now normalises each frame
+with GroupNorm instead of batch statistics over the frames of a call (task2), which costs some speed on the CPU.
+
 Run:
     python benchmarks/bench_seq_train.py                      # resnet50-FPN, B=2, T=10, 240x427
+    python benchmarks/bench_seq_train.py --quick --device cuda   # smoke run (CI, the GPU lane): figures mean nothing
 Last line: {"batched_step_s": ..., "loop_step_s": ..., "speedup": ...}
 """
 
@@ -29,10 +33,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from task1_seq_loader import build_loader, load_sequences
-from task2_stateful_rcnn import build_stateful_model
-from task3_train_seq import auto_chunk
-from utils.cli import HelpFormatter, run_cli, seed_everything, set_threads
+from task2_stateful_rcnn import MIN_FRAME_SIDE, build_stateful_model
+from task3_train_seq import auto_chunk, parse_backbone_chunk
+from utils.cli import ArgumentParser, number, resolve_device, run_cli, seed_everything, set_threads
 from utils.detectors import TORCHVISION_DETECTORS
+
+# --quick: the smallest detector on short windows of small frames, one timed round: does it run, not how fast
+QUICK = {"detector": "fasterrcnn_mobilenet_v3_large_320_fpn", "seq_len": 2, "size": (96, 128), "repeats": 1}
 
 
 def batched_step(model, optimizer, frames, targets) -> float:
@@ -58,23 +65,31 @@ def loop_step(model, optimizer, frames, targets) -> float:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=HelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="assets/data", help="MOTChallenge sequence(s)")
     parser.add_argument("--detector", default="fasterrcnn_resnet50_fpn", choices=TORCHVISION_DETECTORS, help="base detector")
-    parser.add_argument("--seq-len", type=int, default=10, help="frames per window (T)")
-    parser.add_argument("--batch-size", type=int, default=2, help="windows per step (B)")
-    parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=(240, 427), help="frame size")
-    parser.add_argument("--backbone-chunk", default="auto", help="frames per backbone call: auto (4 on CPU, all on CUDA), all, or N")
-    parser.add_argument("--repeats", type=int, default=3, help="timed steps of each kind, after one warm-up step each")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    parser.add_argument("--seq-len", type=number(int, 1), default=10, help="frames per window (T)")
+    parser.add_argument("--batch-size", type=number(int, 1), default=2, help="windows per step (B)")
+    parser.add_argument("--size", type=number(int, MIN_FRAME_SIDE), nargs=2, metavar=("H", "W"), default=(240, 427), help="frame size")
+    parser.add_argument(
+        "--backbone-chunk",
+        type=parse_backbone_chunk,
+        default="auto",
+        help="frames per backbone call: auto (4 on CPU, all on CUDA), all, or N",
+    )
+    parser.add_argument("--repeats", type=number(int, 1), default=3, help="timed steps of each kind, after one warm-up step each")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK} (default: off)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    parser.add_argument("--threads", type=number(int, 1), default=None, help="CPU threads (default: all cores)")
     return parser
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.quick:
+        args = argparse.Namespace(**{**vars(args), **QUICK})
     seed_everything(0)
     threads = set_threads(args.threads)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     size = tuple(args.size)
     loader = build_loader(load_sequences(args.data), None, args.seq_len, args.batch_size, size=size, shuffle=False, stride=args.seq_len)
     frames, targets, _ = next(iter(loader))
@@ -111,6 +126,7 @@ def main(args: argparse.Namespace) -> dict:
         "size": list(size),
         "threads": threads,
         "device": str(device),
+        "quick": args.quick,
     }
     print(
         f"batched backbone (chunks of {chunk or 'all'}) {batched:.2f} s/step, all at once {all_at_once:.2f}, "
