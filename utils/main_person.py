@@ -39,7 +39,7 @@ class MainPersonSelector:
 
     The current main person's box moves at its recent velocity (an average of its last frame-to-frame shifts):
     the new frame is searched around where they will be, and a held box keeps walking instead of going stale. At
-    7 fps (PETS09-S2L1) that raised the share of frames whose main person matches a real one from 0.86 to 0.91
+    7 fps (PETS09-S2L1) that raised the share of frames whose main person matches a real one from 0.85 to 0.87
     (benchmarks/eval_main_person.py).
     """
 
