@@ -211,6 +211,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="a model saved by quantise.py: .pt for torchvision detectors (INT8, CPU), .onnx for ssdlite_person (default: none)",
     )
     parser.add_argument(
+        "--onnx",
+        default=None,
+        help="a torchvision detector exported to ONNX by utils/onnx_export.py, run by ONNX Runtime; its model comes from "
+        "the JSON beside it, --detector/--weights do not apply (default: none)",
+    )
+    parser.add_argument(
         "--detector-size",
         type=number(int, 0),
         default=None,
@@ -266,11 +272,18 @@ def find_main_person(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     load_start = time.perf_counter()
     options = {"proposals": args.proposals} if args.detector in TORCHVISION_DETECTORS else {}
-    if args.detector in TORCHVISION_DETECTORS and args.quantized is None:  # the model works at the frame's own size
+    if args.detector in TORCHVISION_DETECTORS and args.quantized is None and args.onnx is None:  # works at the frame's size
         sides = (first.detector.content_width, first.detector.content_height)
         options.update(min_size=min(sides), max_size=max(sides))
     detector = build_detector(
-        args.detector, args.weights, device, score_thresh=args.min_score, threads=threads, quantized=args.quantized, **options
+        args.detector,
+        args.weights,
+        device,
+        score_thresh=args.min_score,
+        threads=threads,
+        quantized=args.quantized,
+        onnx=args.onnx,
+        **options,
     )
     detector.warmup(first.detector.content_width, first.detector.content_height, batch_size)
     load_s = time.perf_counter() - load_start

@@ -142,3 +142,42 @@ def test_resolve_weights_auto_offline_is_none_with_a_warning(offline, capsys):
     assert resolve_weights("fasterrcnn_resnet50_fpn", "some/path.pth") == "some/path.pth"  # anything else: unchanged
     with pytest.raises(UserError, match="unknown torchvision detector"):
         resolve_weights("yolo", "auto")
+
+
+@pytest.fixture(scope="module")
+def exported_detector(tmp_path_factory):
+    """fasterrcnn_mobilenet_v3_large_320_fpn, seeded random weights, exported at 240x427 with every box kept."""
+    from utils.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("onnx") / "detector.onnx"
+    return export_onnx("fasterrcnn_mobilenet_v3_large_320_fpn", path, weights="none", box_score_thresh=0.0)
+
+
+def test_onnx_detector_maps_boxes_back_to_each_frame_size(exported_detector):
+    from utils.detectors import OnnxTorchvisionDetector
+
+    detector = build_detector("fasterrcnn_resnet50_fpn", onnx=exported_detector, score_thresh=0.0, threads=2)
+    assert isinstance(detector, OnnxTorchvisionDetector) and detector.describe()["input_size"] == [240, 427]
+    frame = cv2.cvtColor(cv2.imread(str(TUD_CAMPUS / "img1" / "000001.jpg")), cv2.COLOR_BGR2RGB)  # 640x480
+    small = cv2.resize(frame, (320, 240), interpolation=cv2.INTER_AREA)  # what the detector makes of it
+    full, reduced = detector.detect([frame, small])
+    assert len(full) == len(reduced) > 0 and set(full.labels) <= set(range(1, 91))
+    np.testing.assert_allclose(full.boxes, reduced.boxes * 2, atol=1e-3)  # the same boxes, in each frame's pixels
+    assert full.boxes[:, 2].max() <= 640 and full.boxes[:, 3].max() <= 480
+    empty = detector.detect([np.zeros((240, 427, 3), np.uint8)])[0]
+    assert empty.boxes.shape[1] == 4 and len(empty.scores) == len(empty.boxes) == len(empty.labels)
+
+
+def test_onnx_detector_refuses_files_it_cannot_use(tmp_path, exported_detector):
+    import shutil
+
+    lonely = tmp_path / "lonely.onnx"
+    shutil.copy(exported_detector, lonely)  # no JSON beside it
+    with pytest.raises(UserError, match=r"no readable lonely\.json beside it"):
+        build_detector("fasterrcnn_resnet50_fpn", onnx=lonely)
+    text = tmp_path / "notes.onnx"
+    text.write_text("not a model")
+    shutil.copy(exported_detector.with_suffix(".json"), text.with_suffix(".json"))
+    with pytest.raises(UserError, match="is not a valid ONNX model"):
+        build_detector("fasterrcnn_resnet50_fpn", onnx=text)

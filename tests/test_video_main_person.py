@@ -322,3 +322,17 @@ def test_cli_jsonl_to_stdout_piped_into_head(tmp_path):
     assert len(lines) == 3 and [json.loads(line)["frame"] for line in lines] == [0, 1, 2]
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
+
+
+def test_onnx_exported_detector_through_the_pipeline(tmp_path):
+    import torch
+
+    from utils.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    onnx = export_onnx("fasterrcnn_mobilenet_v3_large_320_fpn", tmp_path / "detector.onnx", weights="none")
+    results = run(tmp_path, "--source", str(TUD_CLIP), "--onnx", str(onnx), "--max-frames", "3", "--no-video", "--min-score", "0")
+    records = [json.loads(line) for line in (tmp_path / "out" / "main_person.jsonl").read_text().splitlines()]
+    assert [record["frame"] for record in records] == [0, 1, 2] and results["frames"] == 3
+    assert results["detector"]["name"] == "fasterrcnn_mobilenet_v3_large_320_fpn (onnx)"
+    assert all(0 <= value <= 427 for record in records for person in record["persons"] for value in person["box"][::2])

@@ -5,6 +5,7 @@
 
 Implementations:
 - TorchvisionDetector: torchvision's Faster R-CNN family, made fast for small frames (see its docstring).
+- OnnxTorchvisionDetector: a torchvision detector exported by utils/onnx_export.py, run by ONNX Runtime.
 - OnnxSSDLitePersonDetector: the bundled pretrained person-only SSDLite (assets/models), run by ONNX Runtime.
 Later backends (quantised, ONNX export, TensorRT) subclass Detector and register in build_detector.
 Labels are COCO category ids (1 = person) whatever the backend.
@@ -326,6 +327,76 @@ def load_quantized_detector(
 
 
 ######################################################################################################################
+# torchvision detectors exported to ONNX (utils/onnx_export.py), on ONNX Runtime
+
+
+class OnnxTorchvisionDetector(Detector):
+    """A torchvision Faster R-CNN exported by utils.onnx_export.export_onnx, run by ONNX Runtime.
+
+    The graph takes one image of the size it was exported at (the JSON beside the .onnx says which): each frame is
+    scaled to fit it (never up), padded at the right and bottom, and its boxes are scaled back to the frame's pixels.
+    Labels are COCO ids, as the exported model gives them.
+    """
+
+    default_score_thresh = 0.5  # Faster R-CNN's, as TorchvisionDetector
+
+    def __init__(
+        self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None, score_thresh: float | None = None
+    ) -> None:
+        import json
+
+        from utils.onnx_export import load_onnx_session, metadata_path
+
+        self.path = Path(path)
+        described = metadata_path(self.path)
+        try:
+            metadata = json.loads(described.read_text())
+            model, (self.height, self.width) = metadata["model"], metadata["settings"]["image_size"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"{self.path}: no readable {described.name} beside it (export with utils.onnx_export.export_onnx)") from None
+        if model not in TORCHVISION_DETECTORS:
+            raise UserError(f"{self.path} holds {model!r}, not one of the torchvision detectors ({', '.join(TORCHVISION_DETECTORS)})")
+        providers = None
+        if torch.device(device).type == "cuda":
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UserError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu); use --device cpu")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.session = load_onnx_session(self.path, threads, providers)
+        self.name = f"{model} (onnx)"
+        self.score_thresh = self.default_score_thresh if score_thresh is None else score_thresh
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        import cv2
+
+        from utils.onnx_export import frame_to_input, run_detector_session
+
+        results = []
+        for frame in frames:  # the graph is batch 1
+            height, width = frame.shape[:2]
+            scale = min(self.height / height, self.width / width, 1.0)
+            if scale < 1:
+                frame = cv2.resize(frame, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
+            padded = np.zeros((self.height, self.width, 3), np.uint8)
+            padded[: frame.shape[0], : frame.shape[1]] = frame
+            boxes, scores, labels = run_detector_session(self.session, frame_to_input(padded))
+            keep = scores >= self.score_thresh
+            boxes = (boxes[keep] / scale).clip(0, [width, height, width, height]).astype(np.float32)
+            results.append(Detections(boxes, scores[keep].astype(np.float32), labels[keep]))
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "weights": str(self.path),
+            "input_size": [self.height, self.width],
+            "score_thresh": self.score_thresh,
+            "providers": self.session.get_providers(),
+        }
+
+
+######################################################################################################################
 # Bundled SSDLite person detector (ONNX Runtime)
 
 
@@ -403,12 +474,17 @@ def build_detector(
     score_thresh: float | None = None,
     threads: int | None = None,
     quantized: str | Path | None = None,
+    onnx: str | Path | None = None,
     **options: Any,
 ) -> Detector:
     """The detector called `name` (one of DETECTORS); options go to the implementation (sizes, proposals...).
 
     quantized: a model saved by quantise.py (a .pt artefact for torchvision detectors, a .onnx for ssdlite_person).
+    onnx: a torchvision detector exported by utils.onnx_export (its model comes from the JSON beside it; `name`,
+    `weights` and options do not apply).
     """
+    if onnx is not None:
+        return OnnxTorchvisionDetector(onnx, device=device, threads=threads, score_thresh=score_thresh)
     if quantized is not None:
         if name == "ssdlite_person":
             return OnnxSSDLitePersonDetector(quantized, device=device, threads=threads, score_thresh=score_thresh)
