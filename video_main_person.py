@@ -301,9 +301,9 @@ def find_main_person(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     def prepare(frame: np.ndarray) -> Prepared:  # runs on the reader thread, overlapping inference
         height, width = frame.shape[:2]
-        geometry = geometries.get((width, height)) or geometries.setdefault(
-            (width, height), Geometry.for_size(width, height, detector_height)
-        )
+        if (width, height) not in geometries:
+            geometries[width, height] = Geometry.for_size(width, height, detector_height)
+        geometry = geometries[width, height]
         detector_bgr = geometry.detector.resize(frame)
         canvas_bgr = None if video is None else geometry.canvas.resize(frame)
         return Prepared(cv2.cvtColor(detector_bgr, cv2.COLOR_BGR2RGB), canvas_bgr, geometry, (width, height))

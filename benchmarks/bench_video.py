@@ -201,7 +201,6 @@ def main(args: argparse.Namespace) -> dict:
         quantized = None
         if not args.no_int8:
             quantized = args.quantized or build_int8_artefact(weights, PROPOSALS, args.calib_frames, args.backend, Path(workdir))
-            set_threads(threads)  # quantise's helpers may change it
         min_score = TorchvisionDetector.default_score_thresh
         print(f"reference: {len(frames)} frames, one at a time at 800 px ...", file=sys.stderr)
         reference_fps, reference_boxes = run_reference(frames, weights, min_score)
