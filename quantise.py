@@ -43,7 +43,6 @@ import contextlib
 import io
 import json
 import multiprocessing
-import platform
 import resource
 import shutil
 import sys
@@ -69,6 +68,8 @@ from utils.quantization import (
     save_artefact,
     set_engine,
 )
+from utils.timing import device_name, time_calls
+from utils.video import read_spread_frames
 
 CLASSIFIERS = ("efficientnet_lite0", "dinov2_vits14")
 MODELS = (*TORCHVISION_DETECTORS, *CLASSIFIERS, "ssdlite_person")
@@ -152,25 +153,6 @@ def read_eval_frames(limit: int | None) -> tuple[list[np.ndarray], list[np.ndarr
     return frames, [sequence.boxes(n)[:, :4] for n in numbers]
 
 
-def read_calib_frames(source: str, count: int) -> list[np.ndarray]:
-    """`count` RGB frames spread evenly over a video or image folder, for static calibration."""
-    import cv2
-
-    from utils.video import VideoSource
-
-    if count <= 0:
-        raise UserError("static quantisation needs calibration data: --calib-frames must be at least 1")
-    video = VideoSource(source)
-    try:
-        step = max((video.frame_count or count) // count, 1)
-        frames = [cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) for index, frame in video if index % step == 0][:count]
-    finally:
-        video.close()
-    if not frames:
-        raise UserError(f"{source}: no readable calibration frames")
-    return frames
-
-
 def preprocess_images(name: str, images: list) -> torch.Tensor:
     """PIL images -> the classifier's input batch."""
     if name == "efficientnet_lite0":
@@ -252,7 +234,7 @@ def make_artefact(name: str, scheme: str, args: argparse.Namespace, out: Path, f
         meta["pretrained"] = args.weights.lower() != "none"
         counts = {}
         if scheme != "fp32":
-            calib = read_calib_frames(args.calib, args.calib_frames) if scheme == "static" else []
+            calib = read_spread_frames(args.calib, args.calib_frames) if scheme == "static" else []
             batches = [calib[i : i + 4] for i in range(0, len(calib), 4)]
             calibrate = lambda: [detector.detect(batch) for batch in tqdm(batches, desc="calibrating", leave=False)]  # noqa: E731
             counts = quantize_detector(detector.model, scheme, args.backend, calibrate, args.observer)
@@ -295,7 +277,7 @@ def make_onnx_artefact(scheme: str, args: argparse.Namespace, out: Path) -> Path
     if scheme == "dynamic":
         quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
         return path
-    frames = read_calib_frames(args.calib, args.calib_frames)
+    frames = read_spread_frames(args.calib, args.calib_frames)
 
     class Frames(CalibrationDataReader):
         def __init__(self) -> None:
@@ -348,26 +330,6 @@ def rss_mb() -> float:
         return int(file.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def time_calls(run: Any, inputs: list, warmup: int, repeats: int, sync: bool) -> dict[str, float]:
-    """Median/p95 ms of run(inputs[i % len]) over `repeats` calls after `warmup` untimed ones; sync: CUDA work is
-    asynchronous, so synchronise before starting the clock and before stopping it."""
-    from utils.timing import summarize
-
-    for index in range(warmup):
-        run(inputs[index % len(inputs)])
-    seconds = []
-    for index in range(repeats):
-        if sync:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        run(inputs[index % len(inputs)])
-        if sync:
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-    stats = summarize(seconds)
-    return {"median_ms": stats["median_ms"], "p95_ms": stats["p95_ms"]}
-
-
 def to_host(value: Any) -> Any:
     """`value` with every tensor in it (through dicts, lists and tuples) as a numpy array in host memory, bfloat16 and
     float16 widened to float32. All that a measuring process returns goes through this: a CUDA tensor sent to the
@@ -380,13 +342,6 @@ def to_host(value: Any) -> Any:
     if type(value) in (list, tuple):
         return type(value)(to_host(item) for item in value)
     return value
-
-
-def device_name(device: torch.device) -> str:
-    """What a row ran on, for the report: the GPU's name, or the CPU's architecture and vector capability."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} CPU, {torch.backends.cpu.get_cpu_capability()}"
 
 
 def autocast_to(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -60,6 +60,7 @@ from utils.main_person import MainPerson, MainPersonSelector
 from utils.timing import StageTimer, format_summary, summarize
 from utils.video import MAX_PIXELS, Letterbox, ThreadedReader, VideoSource, VideoWriter
 
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
 OUTPUT_WIDTH, OUTPUT_HEIGHT = 427, 240  # the brief's output resolution (WxH)
 DEFAULT_SOURCE = "assets/videos/one-by-one-person-detection.mp4"
 
@@ -211,10 +212,23 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="a model saved by quantise.py: .pt for torchvision detectors (INT8, CPU), .onnx for ssdlite_person (default: none)",
     )
     parser.add_argument(
+        "--backend",
+        default=None,
+        choices=BACKENDS,
+        help="what runs the detector: torch (--detector/--weights/--quantized), onnxruntime (an exported --onnx file) or "
+        "tensorrt (an --engine, CUDA) (default: onnxruntime with --onnx, tensorrt with --engine, else torch)",
+    )
+    parser.add_argument(
         "--onnx",
         default=None,
-        help="a torchvision detector exported to ONNX by utils/onnx_export.py, run by ONNX Runtime; its model comes from "
+        help="a torchvision detector exported to ONNX by tensorrt_convert.py, run by ONNX Runtime; its model comes from "
         "the JSON beside it, --detector/--weights do not apply (default: none)",
+    )
+    parser.add_argument(
+        "--engine",
+        default=None,
+        help="a TensorRT engine built by tensorrt_convert.py from an exported torchvision detector (needs CUDA and "
+        "TensorRT; its JSON beside it is checked first) (default: none)",
     )
     parser.add_argument(
         "--detector-size",
@@ -252,7 +266,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_backend(args: argparse.Namespace) -> str:
+    """--backend, settled: inferred from --onnx / --engine when not given; a file for another backend is an error."""
+    backend = args.backend or ("tensorrt" if args.engine else "onnxruntime" if args.onnx else "torch")
+    needs = {"onnxruntime": ("--onnx", args.onnx), "tensorrt": ("--engine", args.engine)}
+    if backend in needs and needs[backend][1] is None:
+        raise UserError(f"--backend {backend} runs an exported model: give it {needs[backend][0]} PATH (tensorrt_convert.py makes one)")
+    for other, (flag, value) in needs.items():
+        if other != backend and value is not None:
+            raise UserError(f"{flag} is for --backend {other}, not {backend}")
+    if backend != "torch" and args.quantized is not None:
+        raise UserError(f"--quantized is a torch backend model; --backend {backend} takes its own file")
+    return backend
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    args.backend = resolve_backend(args)  # before --out exists: a wrong combination leaves nothing behind
     out, created = prepare_out_dir(args.out)
     try:
         return find_main_person(args, out)
@@ -272,7 +301,9 @@ def find_main_person(args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     load_start = time.perf_counter()
     options = {"proposals": args.proposals} if args.detector in TORCHVISION_DETECTORS else {}
-    if args.detector in TORCHVISION_DETECTORS and args.quantized is None and args.onnx is None:  # works at the frame's size
+    if (
+        args.detector in TORCHVISION_DETECTORS and args.quantized is None and args.onnx is None and args.engine is None
+    ):  # works at the frame's size
         sides = (first.detector.content_width, first.detector.content_height)
         options.update(min_size=min(sides), max_size=max(sides))
     detector = build_detector(
@@ -283,6 +314,7 @@ def find_main_person(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         threads=threads,
         quantized=args.quantized,
         onnx=args.onnx,
+        engine=args.engine,
         **options,
     )
     detector.warmup(first.detector.content_width, first.detector.content_height, batch_size)
@@ -390,6 +422,7 @@ def find_main_person(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "latency_ms": summarize(latencies),
         "stages": timer.summary(),
         "detector": detector.describe(),
+        "backend": args.backend,
         "detector_size": detector_height,
         "device": str(device),
         "threads": threads,

@@ -34,6 +34,7 @@ from utils.detectors import OnnxSSDLitePersonDetector, TorchvisionDetector
 from utils.efficientnet_lite import load_efficientnet_lite0, preprocess
 from utils.imagenet import read_imagenet_samples, read_tiny_imagenet
 from utils.quantization import quantize_classifier, quantize_detector, set_engine
+from utils.video import read_spread_frames
 
 
 def interleaved_ms(runs: dict[str, callable], inputs: list, rounds: int, calls: int) -> dict[str, float]:
@@ -87,7 +88,7 @@ def bench_detector(args: argparse.Namespace) -> dict:
     fp32 = TorchvisionDetector("fasterrcnn_resnet50_fpn", args.weights, **settings)
     int8 = TorchvisionDetector("fasterrcnn_resnet50_fpn", "none", **settings)
     int8.model.load_state_dict(fp32.model.state_dict())
-    calibration = quantise.read_calib_frames(str(quantise.CALIB_VIDEO), args.calib_frames or quantise.CALIB_FRAMES["detector"])
+    calibration = read_spread_frames(str(quantise.CALIB_VIDEO), args.calib_frames or quantise.CALIB_FRAMES["detector"])
     quantize_detector(
         int8.model, "static", args.backend, lambda: [int8.detect(calibration[i : i + 4]) for i in range(0, len(calibration), 4)]
     )

@@ -6,6 +6,7 @@ import shutil
 import urllib.error
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,14 +17,31 @@ TUD_CLIP = REPO / "assets" / "videos" / "tud-campus.mp4"
 TINY_MODEL_ARGS = ["--detector", "fasterrcnn_mobilenet_v3_large_320_fpn", "--weights", "none", "--size", "120", "160", "--seq-len", "3"]
 
 
+def tensorrt_missing_reason() -> str | None:
+    """Why tests marked `tensorrt` cannot run here, or None when TensorRT and a GPU are both present."""
+    if not torch.cuda.is_available():
+        return f"needs a CUDA GPU: none visible to torch {torch.__version__} (run `make test-gpu` on a GPU machine)"
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "needs TensorRT: not installed (pip install -r requirements-gpu.txt on a CUDA machine)"
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` skip, with the reason, where no GPU is visible (CI, these 2-core machines)."""
-    if torch.cuda.is_available():
-        return
-    reason = f"needs a CUDA GPU: none visible to torch {torch.__version__} (run `make test-gpu` on a GPU machine)"
+    """Tests marked `cuda` skip, with the reason, where no GPU is visible (CI, these 2-core machines); tests marked
+    `tensorrt` also where TensorRT is not installed."""
+    cuda_reason = (
+        None
+        if torch.cuda.is_available()
+        else (f"needs a CUDA GPU: none visible to torch {torch.__version__} (run `make test-gpu` on a GPU machine)")
+    )
+    tensorrt_reason = tensorrt_missing_reason()
     for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(pytest.mark.skip(reason=reason))
+        if "tensorrt" in item.keywords and tensorrt_reason:
+            item.add_marker(pytest.mark.skip(reason=tensorrt_reason))
+        elif "cuda" in item.keywords and cuda_reason:
+            item.add_marker(pytest.mark.skip(reason=cuda_reason))
 
 
 @pytest.fixture
@@ -94,3 +112,47 @@ def two_sequences(tmp_path) -> Path:
     make_sequence(root, "A", range(1, 15))
     make_sequence(root, "B", range(40, 52), with_seqinfo=False)
     return root
+
+
+def tud_frame(number: int) -> np.ndarray:
+    """A TUD-Campus frame as RGB uint8 at the detectors' export size, 427 x 240."""
+    from PIL import Image
+
+    with Image.open(TUD_CAMPUS / "img1" / f"{number:06d}.jpg") as image:
+        return np.asarray(image.convert("RGB").resize((427, 240), Image.BILINEAR))
+
+
+def usable_random_detector(path: Path) -> str:
+    """A seeded random-weight fasterrcnn_mobilenet_v3_large_320_fpn whose detections are worth comparing, saved as a state_dict at `path`.
+
+    Plain random weights (--weights none) are degenerate: the MobileNet features shrink to about 1e-8, every box gets
+    the same score (about 1/91) and which boxes survive is decided by ties, so PyTorch and ONNX Runtime may keep
+    different ones without anything being wrong. Rescaling each conv/linear layer once so its output on a real frame
+    has unit spread (LSUV-style) gives distinct scores and boxes.
+    """
+    from torch import nn
+
+    from utils.onnx_export import build_export_model, frame_to_input
+
+    torch.manual_seed(0)
+    model = build_export_model("fasterrcnn_mobilenet_v3_large_320_fpn", "none")
+    rescaled = set()
+
+    def unit_spread(module, _, output):
+        if module in rescaled:  # the RPN head runs once per feature level: rescale on its first call only
+            return output
+        rescaled.add(module)
+        spread = output.std().clamp_min(1e-12)
+        with torch.no_grad():
+            module.weight.div_(spread)
+            if module.bias is not None:
+                module.bias.div_(spread)
+        return output / spread
+
+    hooks = [module.register_forward_hook(unit_spread) for module in model.modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(torch.from_numpy(frame_to_input(tud_frame(1))))
+    for hook in hooks:
+        hook.remove()
+    torch.save(model.model.state_dict(), path)
+    return str(path)

@@ -5,7 +5,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO, TUD_CAMPUS, TUD_CLIP
+from conftest import REPO, TUD_CAMPUS, TUD_CLIP, usable_random_detector
 
 import video_main_person
 from utils.cli import UserError
@@ -331,8 +331,90 @@ def test_onnx_exported_detector_through_the_pipeline(tmp_path):
 
     torch.manual_seed(0)
     onnx = export_onnx("fasterrcnn_mobilenet_v3_large_320_fpn", tmp_path / "detector.onnx", weights="none")
-    results = run(tmp_path, "--source", str(TUD_CLIP), "--onnx", str(onnx), "--max-frames", "3", "--no-video", "--min-score", "0")
+    results = run(
+        tmp_path,
+        "--source",
+        str(TUD_CLIP),
+        "--backend",
+        "onnxruntime",
+        "--onnx",
+        str(onnx),
+        "--max-frames",
+        "3",
+        "--no-video",
+        "--min-score",
+        "0",
+    )
     records = [json.loads(line) for line in (tmp_path / "out" / "main_person.jsonl").read_text().splitlines()]
     assert [record["frame"] for record in records] == [0, 1, 2] and results["frames"] == 3
-    assert results["detector"]["name"] == "fasterrcnn_mobilenet_v3_large_320_fpn (onnx)"
+    assert results["detector"]["name"] == "fasterrcnn_mobilenet_v3_large_320_fpn (onnxruntime)"
     assert all(0 <= value <= 427 for record in records for person in record["persons"] for value in person["box"][::2])
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--backend", "onnxruntime"], "--backend onnxruntime runs an exported model: give it --onnx PATH"),
+        (["--backend", "tensorrt"], "--backend tensorrt runs an exported model: give it --engine PATH"),
+        (["--backend", "tensorrt", "--onnx", "x.onnx", "--engine", "x.engine"], "--onnx is for --backend onnxruntime, not tensorrt"),
+        (["--engine", "x.engine", "--quantized", "x.pt"], "--quantized is a torch backend model"),
+    ],
+)
+def test_backend_and_model_file_must_agree(tmp_path, argv, message):
+    with pytest.raises(UserError, match=message):
+        run(tmp_path, "--source", str(TUD_CLIP), *argv)
+    assert not (tmp_path / "out").exists()
+
+
+def engine_metadata(**changes) -> dict:
+    """What build_engine writes beside an engine of the exported mobilenet detector, on an H100 with TensorRT 11.4."""
+    metadata = {
+        "format": "tensorrt_engine/1",
+        "model": "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "settings": {"image_size": [240, 427]},
+        "onnx": "detector.onnx",
+        "precision": "fp16",
+        "profile": {"images": {"min": [1, 3, 240, 427], "opt": [1, 3, 240, 427], "max": [1, 3, 240, 427]}},
+        "inputs": [{"name": "images", "shape": [1, 3, 240, 427], "dtype": "float32"}],
+        "outputs": [{"name": name, "shape": [-1, 4] if name == "boxes" else [-1], "dtype": "float32"} for name in ("boxes", "scores")],
+        "tensorrt": "11.4.0.106",
+        "gpu": "NVIDIA H100 80GB HBM3",
+        "compute_capability": "9.0",
+    }
+    return {**metadata, **changes}
+
+
+def test_tensorrt_engine_for_another_gpu_or_version_is_refused_before_deserialising(tmp_path, monkeypatch):
+    import torch
+
+    import utils.tensorrt_engine
+
+    engine = tmp_path / "detector-trt-fp16.engine"
+    engine.write_bytes(b"serialised engine bytes TensorRT must never see")
+    here = {"tensorrt": "11.4.0.106", "gpu": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
+    monkeypatch.setattr(utils.tensorrt_engine, "environment", lambda: here)
+    monkeypatch.setattr(utils.tensorrt_engine, "TensorRTRunner", None)  # reaching it would be a TypeError, not a UserError
+    monkeypatch.setattr(video_main_person, "resolve_device", lambda name: torch.device(name))  # as if a GPU were here
+    (tmp_path / "detector-trt-fp16.json").write_text(json.dumps(engine_metadata()))
+    with pytest.raises(UserError, match=r"sm 9\.0.*sm 8\.0|H100.*A100"):
+        run(tmp_path, "--source", str(TUD_CLIP), "--engine", str(engine), "--device", "cuda")
+    (tmp_path / "detector-trt-fp16.json").write_text(json.dumps(engine_metadata(tensorrt="10.8.0.43", compute_capability="8.0")))
+    with pytest.raises(UserError, match=r"10\.8\.0\.43.*11\.4\.0\.106|11\.4\.0\.106.*10\.8\.0\.43"):
+        run(tmp_path, "--source", str(TUD_CLIP), "--engine", str(engine), "--device", "cuda")
+    (tmp_path / "detector-trt-fp16.json").unlink()
+    with pytest.raises(UserError, match=r"detector-trt-fp16\.json"):
+        run(tmp_path, "--source", str(TUD_CLIP), "--engine", str(engine), "--device", "cuda")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.tensorrt
+def test_tensorrt_engine_through_the_pipeline(tmp_path):
+    import tensorrt_convert
+
+    weights = usable_random_detector(tmp_path / "random.pt")
+    argv = ["--model", "fasterrcnn_mobilenet_v3_large_320_fpn", "--weights", weights, "--quick", "--rows", "tensorrt-fp32"]
+    tensorrt_convert.main(tensorrt_convert.get_args_parser().parse_args([*argv, "--out", str(tmp_path / "trt"), "--device", "cuda"]))
+    engine = tmp_path / "trt" / "fasterrcnn_mobilenet_v3_large_320_fpn-trt-fp32.engine"
+    results = run(tmp_path, "--source", str(TUD_CLIP), "--engine", str(engine), "--device", "cuda", "--max-frames", "3", "--no-video")
+    assert results["frames"] == 3 and results["backend"] == "tensorrt"
+    assert results["detector"]["name"] == "fasterrcnn_mobilenet_v3_large_320_fpn (tensorrt fp32)"

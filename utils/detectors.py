@@ -6,8 +6,9 @@
 Implementations:
 - TorchvisionDetector: torchvision's Faster R-CNN family, made fast for small frames (see its docstring).
 - OnnxTorchvisionDetector: a torchvision detector exported by utils/onnx_export.py, run by ONNX Runtime.
+- TensorRTTorchvisionDetector: the same export built into a TensorRT engine (tensorrt_convert.py), on a CUDA GPU.
 - OnnxSSDLitePersonDetector: the bundled pretrained person-only SSDLite (assets/models), run by ONNX Runtime.
-Later backends (quantised, ONNX export, TensorRT) subclass Detector and register in build_detector.
+A backend subclasses Detector and registers in build_detector.
 Labels are COCO category ids (1 = person) whatever the backend.
 """
 
@@ -330,47 +331,37 @@ def load_quantized_detector(
 # torchvision detectors exported to ONNX (utils/onnx_export.py), on ONNX Runtime
 
 
-class OnnxTorchvisionDetector(Detector):
-    """A torchvision Faster R-CNN exported by utils.onnx_export.export_onnx, run by ONNX Runtime.
+class ExportedTorchvisionDetector(Detector):
+    """A torchvision Faster R-CNN exported by utils.onnx_export (batch 1, a fixed input size), run by another runtime.
 
-    The graph takes one image of the size it was exported at (the JSON beside the .onnx says which): each frame is
-    scaled to fit it (never up), padded at the right and bottom, and its boxes are scaled back to the frame's pixels.
-    Labels are COCO ids, as the exported model gives them.
+    Each frame is scaled to fit the exported size (never up), padded at the right and bottom, and its boxes are scaled
+    back to the frame's pixels. Subclasses load the model and run one (1, 3, H, W) float image in _infer.
     """
 
     default_score_thresh = 0.5  # Faster R-CNN's, as TorchvisionDetector
+    height: int
+    width: int
 
-    def __init__(
-        self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None, score_thresh: float | None = None
-    ) -> None:
-        import json
-
-        from utils.onnx_export import load_onnx_session, metadata_path
-
-        self.path = Path(path)
-        described = metadata_path(self.path)
+    def __init__(self, metadata: dict[str, Any], path: Path, score_thresh: float | None) -> None:
         try:
-            metadata = json.loads(described.read_text())
             model, (self.height, self.width) = metadata["model"], metadata["settings"]["image_size"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise UserError(f"{self.path}: no readable {described.name} beside it (export with utils.onnx_export.export_onnx)") from None
+        except (KeyError, TypeError, ValueError):
+            raise UserError(
+                f"{path}: its metadata JSON does not say which model and input size (export with tensorrt_convert.py)"
+            ) from None
         if model not in TORCHVISION_DETECTORS:
-            raise UserError(f"{self.path} holds {model!r}, not one of the torchvision detectors ({', '.join(TORCHVISION_DETECTORS)})")
-        providers = None
-        if torch.device(device).type == "cuda":
-            import onnxruntime as ort
-
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise UserError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu); use --device cpu")
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        self.session = load_onnx_session(self.path, threads, providers)
-        self.name = f"{model} (onnx)"
+            raise UserError(f"{path} holds {model!r}, not one of the torchvision detectors ({', '.join(TORCHVISION_DETECTORS)})")
+        self.path, self.model_name = path, model
         self.score_thresh = self.default_score_thresh if score_thresh is None else score_thresh
+
+    @abstractmethod
+    def _infer(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """boxes (D, 4), scores (D,), labels (D,) of one (1, 3, height, width) float32 image in [0, 1]."""
 
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         import cv2
 
-        from utils.onnx_export import frame_to_input, run_detector_session
+        from utils.onnx_export import frame_to_input
 
         results = []
         for frame in frames:  # the graph is batch 1
@@ -380,20 +371,77 @@ class OnnxTorchvisionDetector(Detector):
                 frame = cv2.resize(frame, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_AREA)
             padded = np.zeros((self.height, self.width, 3), np.uint8)
             padded[: frame.shape[0], : frame.shape[1]] = frame
-            boxes, scores, labels = run_detector_session(self.session, frame_to_input(padded))
+            boxes, scores, labels = self._infer(frame_to_input(padded))
             keep = scores >= self.score_thresh
             boxes = (boxes[keep] / scale).clip(0, [width, height, width, height]).astype(np.float32)
-            results.append(Detections(boxes, scores[keep].astype(np.float32), labels[keep]))
+            results.append(Detections(boxes, scores[keep].astype(np.float32), labels[keep].astype(np.int64)))
         return results
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "weights": str(self.path),
-            "input_size": [self.height, self.width],
-            "score_thresh": self.score_thresh,
-            "providers": self.session.get_providers(),
-        }
+        return {"name": self.name, "weights": str(self.path), "input_size": [self.height, self.width], "score_thresh": self.score_thresh}
+
+
+class OnnxTorchvisionDetector(ExportedTorchvisionDetector):
+    """An exported torchvision detector (.onnx, its JSON beside it) on ONNX Runtime: CPU, or CUDA with onnxruntime-gpu."""
+
+    def __init__(
+        self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None, score_thresh: float | None = None
+    ) -> None:
+        import json
+
+        from utils.onnx_export import load_onnx_session, metadata_path
+
+        path = Path(path)
+        try:
+            metadata = json.loads(metadata_path(path).read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{path}: no readable {metadata_path(path).name} beside it (export with tensorrt_convert.py)") from None
+        super().__init__(metadata, path, score_thresh)
+        providers = None
+        if torch.device(device).type == "cuda":
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UserError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu); use --device cpu")
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        self.session = load_onnx_session(path, threads, providers)
+        self.name = f"{self.model_name} (onnxruntime)"
+
+    def _infer(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        from utils.onnx_export import run_detector_session
+
+        return run_detector_session(self.session, image)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "providers": self.session.get_providers()}
+
+
+class TensorRTTorchvisionDetector(ExportedTorchvisionDetector):
+    """An exported torchvision detector built into a TensorRT engine by tensorrt_convert.py, on a CUDA GPU.
+
+    The engine's metadata JSON is checked before TensorRT deserialises anything: an engine from another TensorRT
+    version or GPU, or without its JSON, is a one-line error.
+    """
+
+    def __init__(self, path: str | Path, device: str | torch.device = "cuda", score_thresh: float | None = None) -> None:
+        from utils.tensorrt_engine import TensorRTRunner, check_engine_compatible, read_engine_metadata
+
+        path = Path(path)
+        metadata = read_engine_metadata(path)
+        super().__init__(metadata, path, score_thresh)
+        if torch.device(device).type != "cuda":
+            raise UserError("a TensorRT engine runs on a CUDA GPU: use --device cuda (or auto on a GPU machine)")
+        check_engine_compatible(metadata)
+        self.runner = TensorRTRunner(path, device)
+        self.device = self.runner.device
+        self.name = f"{self.model_name} (tensorrt {metadata['precision']})"
+
+    def _infer(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        outputs = self.runner(images=torch.from_numpy(image).to(self.device))
+        return tuple(outputs[name].cpu().numpy() for name in ("boxes", "scores", "labels"))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "tensorrt": self.runner.metadata["tensorrt"], "precision": self.runner.metadata["precision"]}
 
 
 ######################################################################################################################
@@ -475,14 +523,17 @@ def build_detector(
     threads: int | None = None,
     quantized: str | Path | None = None,
     onnx: str | Path | None = None,
+    engine: str | Path | None = None,
     **options: Any,
 ) -> Detector:
     """The detector called `name` (one of DETECTORS); options go to the implementation (sizes, proposals...).
 
     quantized: a model saved by quantise.py (a .pt artefact for torchvision detectors, a .onnx for ssdlite_person).
     onnx: a torchvision detector exported by utils.onnx_export (its model comes from the JSON beside it; `name`,
-    `weights` and options do not apply).
+    `weights` and options do not apply). engine: the same for a TensorRT engine built by tensorrt_convert.py (CUDA).
     """
+    if engine is not None:
+        return TensorRTTorchvisionDetector(engine, device=device, score_thresh=score_thresh)
     if onnx is not None:
         return OnnxTorchvisionDetector(onnx, device=device, threads=threads, score_thresh=score_thresh)
     if quantized is not None:

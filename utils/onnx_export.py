@@ -18,12 +18,22 @@ Models and their graphs:
 Exporter: torch.onnx.export(..., dynamo=False), the TorchScript exporter, opset 17. The dynamo exporter fails inside
 torch.export on the detectors' data-dependent post-processing (../shared/NOTES.md); one exporter for every model keeps
 the artefacts comparable, and dynamo=False exists in torch 2.11 (H100 machine) and 2.14 (here).
+
+Precision variants for TensorRT 11, which takes precision from the graph: convert_fp16 (FP16 weights and compute,
+float32 inputs/outputs) and quantize_int8_qdq (explicit symmetric Q/DQ). Measured on 2 CPU cores (ONNX Runtime):
+efficientnet_lite0 FP16 agrees on top-1 with PyTorch FP32 on 100/100 ImageNet samples (max |logit diff| 0.044); INT8
+Q/DQ calibrated on 8 images agrees on 57% of 92 others (symmetric INT8 activations of the first block lose most).
+onnxslim 0.1.98 is not used: ORT median 23.6 vs 24.4 ms (efficientnet_lite0, 245 -> 94 nodes) and 107 vs 114 ms
+(fasterrcnn_mobilenet_v3_large_320_fpn, 1473 -> 449 nodes), within the run-to-run spread (p95 32-35, 124-144 ms);
+ONNX Runtime and TensorRT fold the same constants themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -45,6 +55,23 @@ EXPORTER = "torch.onnx.export(dynamo=False) (TorchScript)"
 METADATA_FORMAT = "onnx_export/1"  # bump when the metadata JSON changes layout
 DETECTOR_IMAGE_SIZE = (240, 427)  # (height, width): the repo's detection frame size (TUD-Campus 640x480 scaled)
 MATCH_IOU = 0.5  # a PyTorch and an ONNX detection are the same box above this IoU (same label)
+# onnxruntime's default float16 block list: it already holds what the detectors need in float32 (NonMaxSuppression
+# has no float16 kernel; RoiAlign, TopK, Range, Min, Max); adding the box decoding's Exp changed nothing measurable
+FP16_OP_BLOCK_LIST = (
+    "NonMaxSuppression", "RoiAlign", "TopK", "Range", "CumSum", "Min", "Max", "Upsample", "RandomUniformLike",
+)  # fmt: skip
+QDQ_OPTIONS = {  # what TensorRT's explicit quantization expects, and what keeps efficientnet_lite0's accuracy
+    "ActivationSymmetric": True,  # TensorRT takes INT8 with zero point 0 only
+    "WeightSymmetric": True,
+    # Q/DQ on the inputs of Conv/MatMul/Gemm only (NVIDIA's placement): a quantised conv OUTPUT takes the range before
+    # its ReLU6 (about +-90 in the stem), and the ReLU6 then keeps a handful of the 256 levels
+    "OpTypesToExcludeOutputQuantization": ["Conv", "MatMul", "Gemm"],
+}
+# convs left float in INT8, from the input on. efficientnet_lite0 (100 ImageNet samples, 64 Tiny-ImageNet calibration
+# images): top-1 agreement with FP32 0.64 all INT8, 0.58 stem float, 0.99 stem + block 0 float (top-1 0.89 = FP32)
+INT8_FLOAT_CONVS = {"efficientnet_lite0": 3}
+INT8_OP_TYPES = ("Conv", "MatMul", "Gemm")  # the heavy ops; the detectors' post-processing stays float
+CALIBRATION_METHODS = {"entropy": "Entropy", "minmax": "MinMax", "percentile": "Percentile"}  # -> CalibrationMethod
 
 
 ######################################################################################################################
@@ -144,6 +171,10 @@ def export_onnx(
             # helpers below check; dozens of them would bury the one line a script prints
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=".*aten::index.*", category=UserWarning)
+            warnings.filterwarnings("ignore", message="Constant folding.*", category=UserWarning)
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor.*", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated.*", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*", category=DeprecationWarning)
             torch.onnx.export(
                 model,
                 (example,),
@@ -156,11 +187,7 @@ def export_onnx(
                 do_constant_folding=True,
             )
         export_seconds = time.perf_counter() - start
-        try:
-            onnx.checker.check_model(str(partial))
-        except onnx.checker.ValidationError as error:
-            raise UserError(f"the exported {name} fails onnx.checker: {_first_line(error)}") from None
-        os.replace(partial, path)
+        _check_and_place(partial, path, f"the exported {name}")
     finally:
         partial.unlink(missing_ok=True)  # a failed export or check leaves nothing that looks like a model
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -175,11 +202,23 @@ def export_onnx(
         "outputs": [_value_info(value) for value in graph.output],
         "torch": torch.__version__,
         "onnx": onnx.__version__,
+        "precision": "fp32",
         "export_seconds": round(export_seconds, 3),
         "file_bytes": path.stat().st_size,
     }
     _write_json(metadata_path(path), metadata)
     return path
+
+
+def _check_and_place(partial: Path, path: Path, what: str) -> None:
+    """Check the model written to `partial` with onnx.checker, then rename it to `path` (atomic: no half model)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(partial))
+    except onnx.checker.ValidationError as error:
+        raise UserError(f"{what} fails onnx.checker: {_first_line(error)}") from None
+    os.replace(partial, path)
 
 
 def metadata_path(path: str | Path) -> Path:
@@ -205,6 +244,185 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return (text.splitlines()[0] if text else type(error).__name__)[:200]
+
+
+######################################################################################################################
+# Precision variants for TensorRT 11 (strongly typed: the precision is in the graph, not in builder flags)
+
+
+def convert_fp16(source: str | Path, path: str | Path) -> Path:
+    """An FP16 copy at `path` of the exported model `source` (onnxruntime.transformers.float16), checked, with
+    metadata beside it: the source's plus precision 'fp16', source, conversion_seconds, file_bytes.
+
+    Inputs and outputs stay float32 (keep_io_types), so callers feed the same arrays. FP16_OP_BLOCK_LIST stays float32.
+    """
+
+    try:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+    except ImportError as error:
+        raise UserError(f"this onnxruntime has no float16 converter ({error}); install the pinned onnxruntime") from None
+    source, path = Path(source), Path(path)
+    model = _load_checked(source)
+    start = time.perf_counter()
+    model = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FP16_OP_BLOCK_LIST))
+    _place_casts_after_their_inputs(model)
+    seconds = time.perf_counter() - start
+    _save_checked(model, path, "fp16")
+    _write_variant_metadata(source, path, {"precision": "fp16", "conversion_seconds": round(seconds, 3)})
+    return path
+
+
+def quantize_int8_qdq(
+    source: str | Path,
+    path: str | Path,
+    calibration: Sequence[np.ndarray],
+    method: str = "entropy",
+    keep_float: Sequence[str] | None = None,
+) -> Path:
+    """An INT8 copy at `path` of the exported model `source` with explicit QuantizeLinear/DequantizeLinear nodes
+    (onnxruntime.quantization.quantize_static, QDQ), checked, with metadata beside it: the source's plus precision
+    'int8', calibration {method, samples}, source, quantization_seconds, file_bytes.
+
+    What TensorRT builds INT8 engines from: activations and weights signed INT8, symmetric (zero point 0), weights per
+    output channel. Only INT8_OP_TYPES are quantised, so a detector's post-processing stays float. calibration: model
+    inputs, one array per run, e.g. (1, 3, 224, 224) float32. method: one of CALIBRATION_METHODS. keep_float: names of
+    nodes left unquantised (default: the model's first INT8_FLOAT_CONVS[model] convs, by its metadata JSON).
+    """
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quant_pre_process,
+        quantize_static,
+    )
+
+    if method not in CALIBRATION_METHODS:
+        raise UserError(f"unknown calibration method {method!r}; choose from {', '.join(CALIBRATION_METHODS)}")
+    if not len(calibration):
+        raise UserError("no calibration inputs: INT8 needs activation ranges from a few real inputs (e.g. 8 images)")
+    source, path = Path(source), Path(path)
+    input_name = _load_checked(source).graph.input[0].name
+    if keep_float is None:
+        try:
+            model = json.loads(metadata_path(source).read_text()).get("model")
+        except (OSError, ValueError):
+            model = None
+        keep_float = first_convs(source, INT8_FLOAT_CONVS.get(model, 0))
+
+    class Inputs(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter({input_name: np.asarray(array, np.float32)} for array in calibration)
+
+        def get_next(self) -> dict | None:
+            return next(self.feeds, None)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prepared = path.with_name(path.name + ".prepared.partial")
+    partial = path.with_name(path.name + ".partial")
+    try:
+        start = time.perf_counter()
+        # shape inference + graph clean-up, as ONNX Runtime recommends before quantising; symbolic shape inference
+        # fails on the detectors' If branches, and ONNX's own is enough for Conv/MatMul/Gemm
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        try:
+            with contextlib.redirect_stdout(sys.stderr):  # its calibrator prints progress: stdout is for a report
+                quantize_static(
+                    str(prepared), str(partial), Inputs(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OP_TYPES),
+                    calibrate_method=CalibrationMethod[CALIBRATION_METHODS[method]], extra_options=QDQ_OPTIONS, nodes_to_exclude=list(keep_float),
+                )  # fmt: skip
+        except Exception as error:  # ORT raises plain Exceptions for bad feeds (shape, dtype): one line, not a trace
+            raise UserError(f"INT8 calibration of {source} failed ({type(error).__name__}: {_first_line(error)})") from None
+        seconds = time.perf_counter() - start
+        _save_checked(onnx.load(str(partial)), path, "int8")
+    finally:
+        prepared.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+    calibration_info = {"method": method, "samples": len(calibration), "kept_float": list(keep_float)}
+    _write_variant_metadata(source, path, {"precision": "int8", "calibration": calibration_info, "quantization_seconds": round(seconds, 3)})
+    return path
+
+
+def first_convs(path: str | Path, count: int) -> list[str]:
+    """Names of the first `count` Conv nodes of an ONNX graph, in graph order."""
+    import onnx
+
+    return [node.name for node in onnx.load(str(path), load_external_data=False).graph.node if node.op_type == "Conv"][:count]
+
+
+def _load_checked(source: Path) -> Any:
+    """The ONNX model at `source`, or a one-line UserError when it is missing or not a valid model."""
+    import onnx
+
+    if not source.is_file():
+        raise UserError(f"{source}: no such ONNX model (make one with utils.onnx_export.export_onnx)")
+    try:
+        model = onnx.load(str(source))
+        onnx.checker.check_model(model)
+    except Exception as error:  # protobuf DecodeError, ValidationError, ...: all mean not a valid ONNX model
+        raise UserError(f"{source} is not a valid ONNX model ({type(error).__name__}: {_first_line(error)})") from None
+    return model
+
+
+def _save_checked(model: Any, path: Path, precision: str) -> None:
+    """Write `model` to `path` atomically (.partial, onnx.checker, rename); a model failing the checker is a bug here."""
+    import onnx
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        onnx.save(model, str(partial))
+        _check_and_place(partial, path, f"the {precision} model")
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _write_variant_metadata(source: Path, path: Path, fields: dict[str, Any]) -> None:
+    """The source's metadata JSON (empty when it has none) updated with `fields`, source and file_bytes."""
+    source_json = metadata_path(source)
+    metadata = json.loads(source_json.read_text()) if source_json.is_file() else {}
+    metadata.update(fields, source=source.name, file_bytes=path.stat().st_size)
+    _write_json(metadata_path(path), metadata)
+
+
+def _subgraphs(graph: Any) -> list[Any]:
+    """Every graph nested in `graph`'s nodes (If branches, Loop bodies), at any depth."""
+    import onnx
+
+    nested = []
+    for node in graph.node:
+        for attribute in node.attribute:
+            graphs = [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs)
+            for subgraph in graphs:
+                nested += [subgraph, *_subgraphs(subgraph)]
+    return nested
+
+
+def _place_casts_after_their_inputs(model: Any) -> None:
+    """Move each Cast of the main graph to just after the node making its input, in that node's graph.
+
+    onnxruntime 1.31's convert_float_to_float16 appends its Casts to the end of the main graph, even those whose
+    input comes from an If branch (the detectors' NonMaxSuppression sits in one): a graph that is not topologically
+    sorted, refused by onnx.checker (fixed in onnxconverter-common #260/#291, not in onnxruntime's copy).
+    """
+    graph = model.graph
+    producer = {output: (owner, node) for owner in [graph, *_subgraphs(graph)] for node in owner.node for output in node.output}
+    pending = [node for node in graph.node if node.op_type == "Cast"]
+    for cast in pending:
+        graph.node.remove(cast)
+    while pending:
+        waiting = {cast.output[0] for cast in pending}
+        ready = [cast for cast in pending if cast.input[0] not in waiting]  # Cast chains: place the first one first
+        for cast in ready:
+            owner, index = graph, 0  # a graph input or initializer: cast it first thing
+            if cast.input[0] in producer:
+                owner, node = producer[cast.input[0]]
+                index = list(owner.node).index(node) + 1
+            owner.node.insert(index, cast)
+            producer[cast.output[0]] = (owner, owner.node[index])
+        pending = [cast for cast in pending if cast not in ready]
 
 
 ######################################################################################################################
@@ -254,12 +472,17 @@ def classifier_parity(model: nn.Module, session: Any, images: torch.Tensor) -> d
     session call per image (batch 1, what latency-bound serving runs)."""
     reference = model(images).float().numpy()
     exported = np.concatenate([session.run(["logits"], {"images": image[None].numpy()})[0] for image in images])
-    difference = np.abs(reference - exported)
+    return compare_logits(reference, exported)
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, Any]:
+    """Two runtimes' logits (N, classes) on the same images: largest and mean |difference|, top-1 agreement."""
+    difference = np.abs(reference - candidate)
     return {
-        "images": len(images),
+        "images": len(reference),
         "max_abs_diff": float(difference.max()),
         "mean_abs_diff": float(difference.mean()),
-        "top1_agreement": float((reference.argmax(1) == exported.argmax(1)).mean()),
+        "top1_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),
     }
 
 
@@ -293,27 +516,42 @@ def detector_parity(model: nn.Module, session: Any, frames: Sequence[np.ndarray]
     difference. A frame with no detections on either side counts as agreeing.
     """
     input_shape = session.get_inputs()[0].shape
-    per_frame = []
+    reference, exported = [], []
     for frame in frames:
         image = frame_to_input(frame)
         if list(image.shape[2:]) != list(input_shape[2:]):
             raise UserError(f"frame of {frame.shape[1]}x{frame.shape[0]} px, but the ONNX model takes {input_shape[3]}x{input_shape[2]}")
-        boxes, scores, labels = (output.numpy() for output in model(torch.from_numpy(image)))
-        onnx_boxes, onnx_scores, onnx_labels = run_detector_session(session, image)
-        pairs = match_detections(boxes, labels, onnx_boxes, onnx_labels)
+        reference.append(tuple(output.numpy() for output in model(torch.from_numpy(image))))
+        exported.append(run_detector_session(session, image))
+    return compare_detections(reference, exported)
+
+
+def compare_detections(reference: Sequence[tuple], candidate: Sequence[tuple]) -> dict[str, Any]:
+    """Two runtimes' detections, frame by frame: each item (boxes (D, 4), scores (D,), labels (D,)) of one frame.
+
+    Per frame: detections on each side, IoU-matched pairs (same label, IoU >= MATCH_IOU), their mean IoU and largest
+    score difference. Overall: the worst count difference, unmatched detections, lowest matched IoU, largest score
+    difference. A frame with no detections on either side counts as agreeing.
+    """
+    per_frame = []
+    for (boxes, scores, labels), (other_boxes, other_scores, other_labels) in zip(reference, candidate, strict=True):
+        boxes, other_boxes = np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(other_boxes, np.float32).reshape(-1, 4)
+        scores, other_scores = np.asarray(scores).reshape(-1), np.asarray(other_scores).reshape(-1)
+        labels, other_labels = np.asarray(labels).reshape(-1), np.asarray(other_labels).reshape(-1)
+        pairs = match_detections(boxes, labels, other_boxes, other_labels)
         ious = [iou for _, _, iou in pairs]
-        score_diffs = [abs(float(scores[a]) - float(onnx_scores[b])) for a, b, _ in pairs]
+        score_diffs = [abs(float(scores[a]) - float(other_scores[b])) for a, b, _ in pairs]
         per_frame.append(
             {
                 "torch_detections": len(scores),
-                "onnx_detections": len(onnx_scores),
-                "count_diff": len(onnx_scores) - len(scores),
+                "onnx_detections": len(other_scores),
+                "count_diff": len(other_scores) - len(scores),
                 "matched": len(pairs),
-                "unmatched": len(scores) + len(onnx_scores) - 2 * len(pairs),
+                "unmatched": len(scores) + len(other_scores) - 2 * len(pairs),
                 "mean_matched_iou": float(np.mean(ious)) if ious else None,
                 "min_matched_iou": float(np.min(ious)) if ious else None,
                 "max_score_diff": float(np.max(score_diffs)) if score_diffs else 0.0,
-                "onnx_boxes_shape": list(onnx_boxes.shape),
+                "onnx_boxes_shape": list(other_boxes.shape),
             }
         )
     frame_min_ious = [frame["min_matched_iou"] for frame in per_frame if frame["min_matched_iou"] is not None]

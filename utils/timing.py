@@ -1,11 +1,13 @@
-"""Per-stage wall-clock timing: record durations by stage name, report count/median/p95/total."""
+"""Wall-clock timing: per-stage durations (StageTimer), repeated calls after warm-up (time_calls), and what ran them."""
 
 from __future__ import annotations
 
+import platform
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,3 +55,28 @@ def format_summary(summary: dict[str, dict[str, float]]) -> str:
     for name, row in summary.items():
         lines.append(f"{name:<14}{row['count']:>7}{row['median_ms']:>11.1f}{row['p95_ms']:>9.1f}{row['total_s']:>9.2f}")
     return "\n".join(lines)
+
+
+def time_calls(run: Callable[[Any], Any], inputs: list, warmup: int, repeats: int, sync: bool) -> dict[str, float]:
+    """Median/p95 ms of run(inputs[i % len]) over `repeats` calls after `warmup` untimed ones; sync: CUDA work is
+    asynchronous, so synchronise before starting the clock and before stopping it."""
+    for index in range(warmup):
+        run(inputs[index % len(inputs)])
+    seconds = []
+    for index in range(repeats):
+        if sync:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        run(inputs[index % len(inputs)])
+        if sync:
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    stats = summarize(seconds)
+    return {"median_ms": stats["median_ms"], "p95_ms": stats["p95_ms"]}
+
+
+def device_name(device: torch.device) -> str:
+    """What a row ran on, for the report: the GPU's name, or the CPU's architecture and vector capability."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.machine()} CPU, {torch.backends.cpu.get_cpu_capability()}"

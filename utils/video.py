@@ -424,3 +424,18 @@ class VideoWriter:
         """Drop the partial file."""
         self._container.close()
         self._partial.unlink(missing_ok=True)
+
+
+def read_spread_frames(source: str, count: int) -> list[np.ndarray]:
+    """`count` RGB frames spread evenly over a video or image folder: calibration data for static INT8."""
+    if count <= 0:
+        raise UserError("static quantisation needs calibration data: --calib-frames must be at least 1")
+    video = VideoSource(source)
+    try:
+        step = max((video.frame_count or count) // count, 1)
+        frames = [cv2.cvtColor(frame, cv2.COLOR_BGR2RGB) for index, frame in video if index % step == 0][:count]
+    finally:
+        video.close()
+    if not frames:
+        raise UserError(f"{source}: no readable calibration frames")
+    return frames

