@@ -202,7 +202,7 @@ def create_app(checkpoint: str | Path | None = None, max_upload_bytes: int = MAX
             score_threshold=default_threshold,
             mask_threshold=float(meta.get("mask_threshold", 0.5)),
             input_size={"min_size": meta.get("min_size"), "max_size": meta.get("max_size")},
-            evaluation=meta.get("evaluation"),
+            evaluation=meta.get("figures"),
             load_s=round(segmenter.load_s, 3),
         )
 

