@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import io
 import json
-import math
 import random
 import shlex
 import sys
@@ -52,6 +51,7 @@ from utils.maskrcnn import (
     save_checkpoint,
     state_size_bytes,
 )
+from utils.schedules import warmup_cosine
 from utils.timing import device_name, time_calls
 
 # Flags that define what the checkpoint's model is: resuming with other values would train another model
@@ -108,18 +108,6 @@ def batch_at(data: InstanceDataset, step: int, batch_size: int, seed: int, augme
 # Model, optimizer, schedule
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from 1% to the full rate, then cosine decay to 1% at total_steps."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return 0.01 + 0.99 * step / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def build_run(args: argparse.Namespace, backbone: str, num_classes: int, device: torch.device) -> dict[str, Any]:
     seed_everything(args.seed)
     model = build_maskrcnn(backbone, num_classes, args.weights, args.trainable_layers, tuple(args.min_size), args.max_size).to(device)
@@ -131,7 +119,7 @@ def build_run(args: argparse.Namespace, backbone: str, num_classes: int, device:
     return {
         "model": model,
         "optimizer": optimizer,
-        "scheduler": make_scheduler(optimizer, args.warmup_steps, args.max_steps),
+        "scheduler": warmup_cosine(optimizer, args.warmup_steps, args.max_steps, floor=0.01),
         "scaler": torch.amp.GradScaler("cuda", enabled=device.type == "cuda"),
         "step": 0,
         "history": [],

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import random
 import sys
@@ -45,6 +44,7 @@ from task2_stateful_rcnn import MAX_SEED, MIN_FRAME_SIDE, StatefulFasterRCNN, ad
 from utils.cli import ArgumentParser, OutOfRange, UserError, number, resolve_device, run_cli, seed_everything, set_threads
 from utils.detectors import PERSON
 from utils.mot import MotSequence
+from utils.schedules import warmup_cosine
 
 # Flags that make a run what it is: resuming with other values would not continue the run the checkpoint belongs to
 # (other windows, streams, state shapes or trained parameters). --max-steps may change: a longer schedule is the point.
@@ -150,18 +150,6 @@ def flat_copy(parameters: list[nn.Parameter]) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in parameters]).clone()
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up from 1% to the full rate, then cosine decay to 10% at total_steps."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return 0.01 + 0.99 * step / max(1, warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 @dataclass
 class Run:
     """What a checkpoint holds: the model and its optimisation, and where the run stands (this rank's part)."""
@@ -192,7 +180,7 @@ def build_run(args: argparse.Namespace, device: torch.device, rank: int) -> Run:
     others = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("temporal.")]
     groups = [{"params": stateful, "lr": args.lr * args.stateful_lr_scale}] + ([{"params": others}] if others else [])
     optimizer = torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = make_scheduler(optimizer, args.warmup_steps, args.max_steps)
+    scheduler = warmup_cosine(optimizer, args.warmup_steps, args.max_steps, floor=0.1)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     seed_everything((args.seed + rank) % (MAX_SEED + 1))  # from here on (RoI sampling...) every rank draws its own random numbers
     return Run(model, optimizer, scheduler, scaler, flat_copy(stateful))

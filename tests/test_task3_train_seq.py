@@ -10,6 +10,7 @@ import task3_train_seq as task3
 from task1_seq_loader import build_loader, load_sequences
 from task2_stateful_rcnn import StatefulFasterRCNN, build_stateful_model
 from utils.cli import UserError
+from utils.schedules import warmup_cosine
 
 TINY = [*TINY_MODEL_ARGS, "--warmup-steps", "1"]
 VAL_COLUMNS = {"val_map_50", "val_map", "val_stateless_map_50", "val_stateless_map"}
@@ -98,7 +99,7 @@ def test_a_step_the_grad_scaler_skips_does_not_advance_the_schedule():
     the same logic as CUDA's)."""
     weight = torch.nn.Parameter(torch.ones(3))
     optimizer = torch.optim.AdamW([weight], lr=0.1)
-    scheduler = task3.make_scheduler(optimizer, warmup_steps=5, total_steps=20)
+    scheduler = warmup_cosine(optimizer, warmup_steps=5, total_steps=20, floor=0.1)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     norm, stepped = task3.optimizer_step((weight * float("inf")).sum(), optimizer, scaler, scheduler, 10.0, [weight])
     assert not stepped and scheduler.last_epoch == 0 and torch.equal(weight, torch.ones(3)) and scaler.get_scale() == 512.0
