@@ -242,6 +242,7 @@ def cuda_graph_runner(model: torch.nn.Module, batch_sizes: list[int]) -> Runner:
             graphs[batch] = (graph, static_input, static_output)
     torch.cuda.synchronize()
 
+    @torch.inference_mode()  # the static buffers were made in inference mode: refilling them outside it is refused
     def run(images: torch.Tensor) -> torch.Tensor:
         if len(images) not in graphs:
             raise UserError(f"no CUDA graph captured for batch {len(images)} (captured: {sorted(graphs)})")
@@ -250,6 +251,7 @@ def cuda_graph_runner(model: torch.nn.Module, batch_sizes: list[int]) -> Runner:
         graph.replay()
         return static_output
 
+    run.model = model  # replay reads the weights at their captured addresses: freeing the model would make it read garbage
     return Runner(lambda array: torch.from_numpy(array).to(device), run, torch_outputs("classifier"), build_s=time.perf_counter() - start)
 
 
@@ -354,7 +356,7 @@ def parity_of(kind: str, reference: list, candidate: list, labels: np.ndarray | 
 def parity_text(kind: str, parity: dict[str, Any]) -> str:
     """One table cell."""
     if kind == "classifier":
-        return f"top-1 agree {parity['top1_agreement']:.3f}, acc {parity['top1_accuracy']:.3f}, max|dlogit| {parity['max_abs_diff']:.2g}"
+        return f"top-1 agree {parity['top1_agreement']:.3f}, acc {parity['top1_accuracy']:.3f}, max abs logit diff {parity['max_abs_diff']:.2g}"
     iou = "-" if parity["min_matched_iou"] is None else f"{parity['min_matched_iou']:.3f}"
     return (
         f"matched {parity['matched']}, unmatched {parity['unmatched']}, min IoU {iou}, "
@@ -619,7 +621,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     }
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     plotted = plot(rows, batch_sizes, out / "tensorrt_convert.png", name)
-    print(f"wrote {out / 'results.json'}{', ' + str(out / 'tensorrt_convert.png') if plotted else ''}", file=sys.stderr)
+    machine = ", ".join(sorted(set(results["devices"].values())))
+    tensorrt_line = "" if tensorrt["ran"] else f"\nTensorRT: not run ({tensorrt['skipped']}).\n"
+    (out / "report.md").write_text(
+        f"# Export and speed-up: {name} ({args.weights} weights)\n\nMeasured on {machine}, {threads} CPU threads, torch {torch.__version__}.\n\n"
+        f"{table}\n{tensorrt_line}" + ("\n![latency and speed-up per row](tensorrt_convert.png)\n" if plotted else "")
+    )
+    print(
+        f"wrote {out / 'results.json'}, {out / 'report.md'}{', ' + str(out / 'tensorrt_convert.png') if plotted else ''}", file=sys.stderr
+    )
     return results
 
 
