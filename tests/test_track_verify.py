@@ -1,0 +1,301 @@
+"""track_verify.py: TPR at low FPR against hand-computed values, identity-disjoint splits, track sampling, triplet
+mining, training, the full report on the bundled data, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, TUD_CAMPUS
+
+import track_verify
+from utils.cli import UserError
+from utils.mot import read_mot_boxes
+
+BUNDLED_CROPS = REPO / "assets" / "data" / "track-crops"
+
+
+def run(tmp_path, *flags: str, cache=None) -> dict:
+    cache = cache or tmp_path / "cache"
+    quick = ["--steps", "40", "--bootstrap", "100", "--threads", "2", "--device", "cpu"]
+    args = track_verify.get_args_parser().parse_args([*quick, "--cache-dir", str(cache), "--out", str(tmp_path / "out"), *flags])
+    return track_verify.main(args)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One descriptor cache for the module: the backbone runs once per sequence."""
+    return tmp_path_factory.mktemp("track-verify-cache")
+
+
+@pytest.fixture(scope="module")
+def bundled_report(tmp_path_factory, cache_dir):
+    """The full report on the bundled data (TUD-Campus frames + PETS09-S2L1/ADL-Rundle-6 crops), both aggregators."""
+    out = tmp_path_factory.mktemp("report")
+    return out, run(out, "--aggregator", "all", "--steps", "150", cache=cache_dir)
+
+
+########################################################################################################################
+# TPR at FPR, by hand
+
+
+def test_tpr_at_fpr_hand_computed_with_ties():
+    # scores (label): 0.9 (+), 0.8 (+), 0.8 (-), 0.7 (+), 0.6 (-), 0.5 (-); 3 positives, 3 negatives.
+    # Thresholds: > 0.9 accepts nothing; 0.9: TP 1 FP 0; 0.8 (the tie, accepted together): TP 2 FP 1; 0.7: TP 3 FP 1.
+    scores = np.array([0.9, 0.8, 0.8, 0.7, 0.6, 0.5])
+    positive = np.array([True, True, False, True, False, False])
+    fpr, tpr, thresholds = track_verify.roc_points(scores, positive)
+    assert thresholds[:4].tolist() == [np.inf, 0.9, 0.8, 0.7]
+    assert fpr.tolist() == pytest.approx([0, 0, 1 / 3, 1 / 3, 2 / 3, 1])
+    assert tpr.tolist() == pytest.approx([0, 1 / 3, 2 / 3, 1, 1, 1])
+    # FPR 0: the tie at 0.8 holds a negative, so its positive cannot be accepted: 1/3, not 2/3
+    assert track_verify.tpr_at_fpr(fpr, tpr, 0.0) == pytest.approx(1 / 3)
+    assert track_verify.tpr_at_fpr(fpr, tpr, 0.2) == pytest.approx(1 / 3)
+    assert track_verify.tpr_at_fpr(fpr, tpr, 1 / 3) == pytest.approx(1.0)
+    assert track_verify.tpr_at_fpr(fpr, tpr, 1.0) == pytest.approx(1.0)
+
+
+def test_roc_weights_count_pairs():
+    """A weight of 2 is the pair counted twice; weight rows are independent bootstraps."""
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    positive = np.array([True, False, True, False])
+    duplicated = track_verify.roc_points(np.r_[scores, 0.8], np.r_[positive, False])
+    weighted = track_verify.roc_points(scores, positive, np.array([[1, 2, 1, 1], [1, 1, 1, 1]]))
+    assert weighted[0][0].tolist() == pytest.approx(duplicated[0].tolist())
+    assert weighted[1][0].tolist() == pytest.approx(duplicated[1].tolist())
+    assert weighted[0][1].tolist() == pytest.approx(track_verify.roc_points(scores, positive)[0].tolist())
+
+
+def test_bootstrap_weights_resample_identities():
+    # pairs: (0,0) positive, (0,1) negative, (1,2) negative, (2,2) positive; identity 0 drawn twice, 1 never, 2 once
+    first, second = np.array([0, 0, 1, 2]), np.array([0, 1, 2, 2])
+    same = first == second
+    rng = np.random.default_rng(0)
+    weights = track_verify.bootstrap_weights(first, second, same, 3, 500, rng)
+    draws_row = next(w for w in weights if w[0] == 2 and w[1] == 0 and w[3] == 1)  # 0 twice, 1 never, 2 once
+    assert draws_row.tolist() == [2, 0, 0, 1]
+    assert weights.shape == (500, 4)
+
+
+def test_evaluate_counts_pairs_and_flags_unresolvable_fprs():
+    rng = np.random.default_rng(1)
+    owners = np.repeat(np.arange(10), 3)  # 10 identities x 3 tracks: 30 positives, 405 - 30 ... see below
+    centres = rng.normal(size=(10, 16))
+    embeddings = centres[owners] + 0.3 * rng.normal(size=(30, 16))
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    result = track_verify.evaluate(embeddings, owners, (1e-3, 1e-2), rounds=200, seed=0)
+    assert result["positive_pairs"] == 10 * 3 and result["negative_pairs"] == 30 * 29 // 2 - 30
+    low, high = result["tpr_at_fpr"]["0.01"]["ci95"]
+    assert low <= result["tpr_at_fpr"]["0.01"]["tpr"] <= high
+    assert result["tpr_at_fpr"]["0.01"]["resolvable"]  # 405 negatives >= 100
+    assert not result["tpr_at_fpr"]["0.001"]["resolvable"]  # 405 < 1000
+    statement = track_verify.resolution_statement(result, (1e-3, 1e-2))
+    assert "FPR 0.001 cannot be resolved" in statement and "405" in statement and "0.01" not in statement.split("cannot")[0]
+    assert "n/a (< 1,000 neg.)" in track_verify.markdown_table({"x": result}, (1e-3, 1e-2))
+
+
+########################################################################################################################
+# Triplet loss, by hand
+
+
+def unit(degrees: float) -> list[float]:
+    return [math.cos(math.radians(degrees)), math.sin(math.radians(degrees))]
+
+
+def chord(degrees: float) -> float:
+    """Distance between unit vectors this many degrees apart."""
+    return 2 * math.sin(math.radians(degrees) / 2)
+
+
+@pytest.fixture
+def four_points():
+    # identity 0 at 0 and 30 degrees, identity 1 at 90 and 200 degrees
+    return torch.tensor([unit(0), unit(30), unit(90), unit(200)]), torch.tensor([0, 0, 1, 1])
+
+
+def test_batch_hard_triplet_loss_by_hand(four_points):
+    embeddings, labels = four_points
+    m = 0.5
+    expected = [
+        max(0, chord(30) - min(chord(90), chord(160)) + m),  # anchor 0: its positive at 30, negatives at 90 and 160 degrees
+        max(0, chord(30) - min(chord(60), chord(170)) + m),
+        max(0, chord(110) - min(chord(90), chord(60)) + m),
+        max(0, chord(110) - min(chord(160), chord(170)) + m),
+    ]
+    loss = track_verify.triplet_loss(embeddings, labels, m, "batch-hard")
+    assert loss.item() == pytest.approx(sum(expected) / 4, abs=1e-5)
+
+
+def test_semi_hard_triplet_loss_by_hand(four_points):
+    embeddings, labels = four_points
+    m = 0.5
+    expected = [
+        max(0, chord(30) - chord(90) + m),  # (0, 1): negatives 90, 160 are both farther: the closer one
+        max(0, chord(30) - chord(60) + m),  # (1, 0): negatives 60, 170: 60
+        max(0, chord(110) - chord(90) + m),  # (2, 3): none farther than 110 (90, 60): fall back to the farthest, 90
+        max(0, chord(110) - chord(160) + m),  # (3, 2): negatives 160, 170 farther: 160
+    ]
+    loss = track_verify.triplet_loss(embeddings, labels, m, "semi-hard")
+    assert loss.item() == pytest.approx(sum(expected) / 4, abs=1e-5)
+
+
+########################################################################################################################
+# Tracks and splits
+
+
+def test_tracks_are_one_identity_in_time_order():
+    """Every sampled crop is a gt box of its identity (checked against gt.txt), tracks are in time order, and two
+    test tracks of one identity share no crop."""
+    (sequence,) = track_verify.read_sequences([TUD_CAMPUS], track_length=10)
+    gt = read_mot_boxes(TUD_CAMPUS / "gt" / "gt.txt")
+    rng = np.random.default_rng(0)
+    for identity in sequence.identities:
+        crops = identity.sources[0]
+        track_id = int(identity.name.split("/")[1])
+        tracks = track_verify.evaluation_tracks(identity, 10, 4)
+        assert tracks and len(tracks) <= 4
+        used = np.concatenate(tracks)
+        assert len(set(used.tolist())) == len(used)  # disjoint
+        for indices in [*tracks, *(track_verify.random_track(identity, 10, rng) for _ in range(20))]:
+            frames = [crops[i].time for i in indices]
+            assert len(indices) == 10 and frames == sorted(frames) and len(set(frames)) == 10
+            for index in indices:
+                crop = crops[index]
+                rows = gt[crop.time]
+                row = rows[rows[:, 4] == track_id]
+                assert len(row) == 1 and np.allclose(np.maximum(row[0, :2], 0), crop.box[:2])
+
+
+def test_split_has_no_identity_in_both(cache_dir):
+    sequences = track_verify.read_sequences([TUD_CAMPUS, BUNDLED_CROPS / "PETS09-S2L1", BUNDLED_CROPS / "ADL-Rundle-6"], 10)
+    for seed in range(5):
+        train, test = track_verify.split_identities(sequences, 0.5, [], seed)
+        assert not {i.name for i in train} & {i.name for i in test}
+        assert len(train) + len(test) == sum(len(s.identities) for s in sequences)
+        assert {i.sequence for i in test} == {s.name for s in sequences}  # each sequence in the test set
+    train, test = track_verify.split_identities(sequences, 0.5, ["ADL-Rundle-6"], 0)
+    assert {i.sequence for i in test} == {"ADL-Rundle-6"} and "ADL-Rundle-6" not in {i.sequence for i in train}
+    with pytest.raises(UserError, match="--test-sequences MOT17-02: no such sequence; the data has ADL-Rundle-6"):
+        track_verify.split_identities(sequences, 0.5, ["MOT17-02"], 0)
+
+
+########################################################################################################################
+# The whole report
+
+
+def test_training_lowers_the_triplet_loss(bundled_report):
+    _, result = bundled_report
+    for name in ("attention", "gru"):
+        training = result["training"][name]
+        assert training["fixed_batch_loss_end"] < 0.5 * training["fixed_batch_loss_start"], training
+
+
+def test_full_report_on_bundled_data(bundled_report):
+    out, result = bundled_report
+    sequences = result["data"]["sequences"]
+    assert set(sequences) == {"TUD-Campus", "PETS09-S2L1", "ADL-Rundle-6"}
+    assert sequences["ADL-Rundle-6"] == {"layout": "folders", "identities": 13, "skipped_identities": 0, "train": 7, "test": 6}
+    test_identities = sum(s["test"] for s in sequences.values())
+    rows = result["results"]
+    assert set(rows) == {"single", "mean", "attention", "attention (1 crop)", "gru", "gru (1 crop)"}
+    for row in rows.values():
+        assert row["identities"] == test_identities
+        assert row["positive_pairs"] + row["negative_pairs"] == row["tracks"] * (row["tracks"] - 1) // 2
+        assert not row["tpr_at_fpr"]["1e-06"]["resolvable"] and row["tpr_at_fpr"]["0.001"]["resolvable"]
+        assert 0.5 < row["auc"] <= 1
+    # tracks beat single pictures on this data (mean vs first crop): the point of the challenge
+    assert rows["mean"]["auc"] > rows["single"]["auc"]
+    saved = json.loads((out / "out" / "results.json").read_text())
+    assert saved["results"]["mean"]["negative_pairs"] == rows["mean"]["negative_pairs"]
+    report = (out / "out" / "report.md").read_text()
+    assert "| attention |" in report and "cannot be resolved" in report
+    assert (out / "out" / "roc.png").stat().st_size > 10_000
+    checkpoint = torch.load(out / "out" / "attention.pt", weights_only=False)
+    model = track_verify.build_aggregator("attention", checkpoint["dim"])
+    model.load_state_dict(checkpoint["model"])
+
+
+def test_folder_layout_reads_exported_crops(tmp_path):
+    result = run(tmp_path, "--data", str(TUD_CAMPUS), "--export-crops", str(tmp_path / "crops"))
+    (sequence,) = track_verify.read_sequences([tmp_path / "crops" / "TUD-Campus"], 10)
+    (from_mot,) = track_verify.read_sequences([TUD_CAMPUS], 10)
+    assert result["exported_crops"] == sum(len(i.sources[0]) for i in from_mot.identities) == 350  # 359 boxes, 1 id < 10
+    assert sequence.layout == "folders" and len(sequence.identities) == len(from_mot.identities)
+    assert [len(i.sources[0]) for i in sequence.identities] == [len(i.sources[0]) for i in from_mot.identities]
+
+
+########################################################################################################################
+# Bad input
+
+
+def test_root_without_gt_is_one_line(tmp_path):
+    shutil.copytree(TUD_CAMPUS, tmp_path / "seq", ignore=shutil.ignore_patterns("gt"))
+    with pytest.raises(UserError, match=r"no gt/gt\.txt"):
+        run(tmp_path, "--data", str(tmp_path / "seq"))
+
+
+def test_short_identities_skipped_with_a_count_and_none_left_is_an_error(tmp_path, cache_dir, capsys):
+    result = run(
+        tmp_path,
+        "--data",
+        str(TUD_CAMPUS),
+        "--track-length",
+        "30",
+        "--tracks-per-identity",
+        "2",
+        "--aggregator",
+        "none",
+        "--test-fraction",
+        "0.5",
+        cache=cache_dir,
+    )
+    skipped = result["data"]["sequences"]["TUD-Campus"]["skipped_identities"]
+    assert skipped > 0 and f"skipped {skipped} identities with fewer than 30 crops" in capsys.readouterr().err
+    with pytest.raises(UserError, match="no identity has a track of 500 crops"):
+        run(tmp_path, "--data", str(TUD_CAMPUS), "--track-length", "500")
+
+
+def test_cache_from_another_backbone_is_rebuilt(tmp_path, capsys):
+    flags = ["--data", str(TUD_CAMPUS), "--aggregator", "none", "--bootstrap", "0"]
+    other = run(tmp_path, *flags, "--backbone", "mobilenet_v3_small", "--weights", "none")
+    assert other["descriptor_dim"] == 576 and other["descriptor_cache"]["computed"] == 350
+    again = run(tmp_path, *flags, "--backbone", "mobilenet_v3_small", "--weights", "none")
+    assert again["descriptor_cache"] == {"cached": 350, "computed": 0, "rebuilt": []}
+    capsys.readouterr()
+    lite = run(tmp_path, *flags)
+    assert lite["descriptor_dim"] == 1280 and lite["descriptor_cache"]["rebuilt"] == ["TUD-Campus"]
+    assert "made with other settings" in capsys.readouterr().err
+    (tmp_path / "cache" / "TUD-Campus.npz").write_bytes(b"not a cache")
+    assert run(tmp_path, *flags)["descriptor_cache"]["rebuilt"] == ["TUD-Campus"]
+
+
+def test_torchvision_backbone_offline_is_one_line(tmp_path, offline):
+    with pytest.raises(UserError, match=r"cannot download resnet18 weights DEFAULT .*offline, use --backbone efficientnet_lite0"):
+        run(tmp_path, "--data", str(TUD_CAMPUS), "--backbone", "resnet18")
+    with pytest.raises(UserError, match="--weights COCO: not a weights name of resnet18"):
+        run(tmp_path, "--data", str(TUD_CAMPUS), "--backbone", "resnet18", "--weights", "COCO")
+    with pytest.raises(UserError, match="unknown backbone 'resnet19'"):
+        run(tmp_path, "--data", str(TUD_CAMPUS), "--backbone", "resnet19")
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    command = [sys.executable, "track_verify.py", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 1 and finished.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'}: no such folder"]
+    finished = subprocess.run([*command[:2], "--fprs", "2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 1 and "must be from 0 to 1" in finished.stderr
+
+
+@pytest.mark.cuda
+def test_cuda_run(tmp_path):
+    result = run(tmp_path, "--data", str(TUD_CAMPUS), "--device", "cuda", "--aggregator", "all", "--bootstrap", "50")
+    assert (
+        result["device"] == "cuda"
+        and result["training"]["gru"]["fixed_batch_loss_end"] < result["training"]["gru"]["fixed_batch_loss_start"]
+    )
