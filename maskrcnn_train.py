@@ -420,7 +420,8 @@ def train_and_evaluate(
     figures = evaluate(model, val_data, device, args.mask_threshold)
     samples = save_samples(model, val_data, device, args, out / "samples") if args.samples else []
     plot_losses(run["history"], out / "loss.png")
-    first, last = run["history"][:10], run["history"][-10:]
+    window = min(10, len(run["history"]) // 2) or 1  # the first and last steps' means never overlap (short runs)
+    first, last = run["history"][:window], run["history"][-window:]
     result = {
         "backbone": backbone,
         "steps": run["step"],

@@ -729,7 +729,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                "devices": {row["device"]: row["device_name"] for row in rows if "device_name" in row}, "rows": rows}  # fmt: skip
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     plotted = plot(rows, out / "quantise.png")
-    print(f"wrote {out / 'results.json'}{', ' + str(out / 'quantise.png') if plotted else ''} and the artefacts in {out}", file=sys.stderr)
+    machine = ", ".join(sorted(set(results["devices"].values())))
+    (out / "report.md").write_text(
+        f"# Quantisation impact: {args.model} ({args.backend})\n\nMeasured on {machine}, {args.threads} threads, torch {torch.__version__}.\n\n"
+        f"{table}\n" + ("\n![latency vs accuracy and size](quantise.png)\n" if plotted else "")
+    )
+    print(
+        f"wrote {out / 'results.json'}, {out / 'report.md'}{', ' + str(out / 'quantise.png') if plotted else ''} and the artefacts in {out}",
+        file=sys.stderr,
+    )
     shutil.rmtree(out / "__pycache__", ignore_errors=True)
     return results
 

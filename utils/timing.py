@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -79,4 +81,15 @@ def device_name(device: torch.device) -> str:
     """What a row ran on, for the report: the GPU's name, or the CPU's architecture and vector capability."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{platform.machine()} CPU, {torch.backends.cpu.get_cpu_capability()}"
+    return f"{cpu_model()} ({platform.machine()}, {os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()})"
+
+
+def cpu_model() -> str:
+    """The processor's marketing name from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
