@@ -498,8 +498,10 @@ def roc_points(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray | N
 
 
 def tpr_at_fpr(fpr: np.ndarray, tpr: np.ndarray, target: float) -> np.ndarray:
-    """The highest TPR of a threshold whose FPR is at most target (fpr, tpr from roc_points; rows = bootstraps)."""
-    return np.where(fpr <= target + 1e-15, tpr, 0.0).max(-1)
+    """The highest TPR of a threshold whose FPR is at most target (fpr, tpr from roc_points; rows = bootstraps); NaN
+    where there is no negative pair at all (a bootstrap draw of one identity): no FPR, so no TPR at one either."""
+    best = np.where(fpr <= target + 1e-15, tpr, 0.0).max(-1)
+    return np.where(np.isnan(fpr[..., -1]), np.nan, best)
 
 
 def pair_scores(embeddings: np.ndarray, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -575,7 +577,7 @@ def format_cell(result: dict[str, Any], name: str) -> str:
     if point["ci95"] is None:
         return f"{point['tpr']:.3f}"
     low, high = point["ci95"]
-    return f"{point['tpr']:.3f} [{low:.2f}, {high:.2f}]"
+    return f"{point['tpr']:.3f} [{low:.3f}, {high:.3f}]"  # one precision: 0.105 [0.11, ...] looked outside its interval
 
 
 def markdown_table(results: dict[str, dict[str, Any]], fprs: tuple[float, ...]) -> str:

@@ -72,6 +72,15 @@ def test_roc_weights_count_pairs():
     assert weighted[0][1].tolist() == pytest.approx(track_verify.roc_points(scores, positive)[0].tolist())
 
 
+def test_a_draw_without_negatives_has_no_tpr():
+    """A bootstrap draw of one identity has positives only: its TPR at any FPR is undefined (NaN, dropped from the
+    interval), not 0, which would drag every interval down on small sets."""
+    scores, positive = np.array([0.9, 0.8, 0.7]), np.array([True, False, True])
+    fpr, tpr, _ = track_verify.roc_points(scores, positive, np.array([[1, 0, 1], [1, 1, 1]]))
+    values = track_verify.tpr_at_fpr(fpr, tpr, 0.0)
+    assert np.isnan(values[0]) and values[1] == pytest.approx(0.5)
+
+
 def test_bootstrap_weights_resample_identities():
     # pairs: (0,0) positive, (0,1) negative, (1,2) negative, (2,2) positive; identity 0 drawn twice, 1 never, 2 once
     first, second = np.array([0, 0, 1, 2]), np.array([0, 1, 2, 2])
