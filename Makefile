@@ -11,10 +11,9 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(BIN)/pip install -r requirements-dev.txt
 	touch $(STAMP)
 
-# The main job on the bundled clip, offline, with the bundled pretrained person detector.
+# The main job on the bundled clip, offline, with the default detector (the bundled pretrained YOLOX-nano).
 demo: $(STAMP)
-	$(BIN)/python video_main_person.py --source assets/videos/one-by-one-person-detection.mp4 \
-		--detector ssdlite_person --out runs/demo
+	$(BIN)/python video_main_person.py --source assets/videos/one-by-one-person-detection.mp4 --out runs/demo
 	@echo "demo: runs/demo/main_person.mp4 (427x240), runs/demo/main_person.jsonl, runs/demo/results.json"
 
 test: $(STAMP) lint

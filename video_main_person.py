@@ -17,8 +17,11 @@ person from one frame to the next. Per frame, every person detection with score 
 (distance normalised to 1 at a corner): size counts most, as linear size (sqrt) so that a person twice as tall
 counts twice, not four times; confidence discounts doubtful boxes; the centre term halves the weight of a person at
 the very edge but never vetoes a large one. Then, over time:
-- association: the current main person is found again in the new frame as the detection with the highest IoU with
-  its last box (IoU >= 0.3): a walking person moves little between frames;
+- association (--association): with iou (the default), the current main person is found again in the new frame as
+  the detection with the highest IoU with their predicted box (IoU >= 0.3): a walking person moves little between
+  frames; with bytetrack, every frame's person boxes go through supervision's ByteTrack (a Kalman filter per person,
+  a second matching pass for weak detections) and the main person is the detection carrying their track id. Which
+  one the project keeps is for the held-out evaluation (benchmarks/eval_main_person.py) to say;
 - hysteresis: another person takes over only when their salience beats the current one's by --switch-margin (1.3x)
   for --switch-frames (3) frames in a row, so the choice does not flicker between two people of similar size;
 - motion: the main person's box moves at their recent velocity (an average of the last frame-to-frame shifts), so
@@ -54,9 +57,9 @@ import numpy as np
 from tqdm import tqdm
 
 from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, seed_everything, set_threads
-from utils.detectors import DETECTORS, TORCHVISION_DETECTORS, build_detector
+from utils.detectors import DETECTORS, PERSON, TORCHVISION_DETECTORS, build_detector, yolox_size_for
 from utils.draw import HELD_COLOR, MAIN_COLOR, OTHER_COLOR, draw_box, draw_caption
-from utils.main_person import MainPerson, MainPersonSelector
+from utils.main_person import MainPerson, add_association_argument, make_selector
 from utils.timing import StageTimer, format_summary, summarize
 from utils.video import MAX_PIXELS, Letterbox, ThreadedReader, VideoSource, VideoWriter
 
@@ -200,7 +203,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-video", action="store_true", help="do not write the annotated video (default: write it)")
     parser.add_argument(
-        "--detector", default="fasterrcnn_resnet50_fpn", choices=DETECTORS, help="detector (ssdlite_person is bundled and pretrained)"
+        "--detector",
+        default="yolox_nano",
+        choices=DETECTORS,
+        help="detector (default: yolox_nano, bundled COCO YOLOX-nano, chosen on the tuning sequences and held out: README; "
+        "ssdlite_person: bundled person-only SSDLite; fasterrcnn_*: torchvision, the brief's model, weights downloaded once)",
     )
     parser.add_argument(
         "--weights", default="DEFAULT", help="DEFAULT (torchvision's, downloaded once), none (random init: speed only) or a state_dict path"
@@ -262,6 +269,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--switch-margin", type=number(float, 1), default=1.3, help="salience ratio another person needs to take over")
     parser.add_argument("--switch-frames", type=number(int, 1), default=3, help="frames in a row the challenger must win to take over")
     parser.add_argument("--hold-frames", type=number(int, 0), default=5, help="frames the main person is held over detector misses")
+    add_association_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed (random-weight runs are then reproducible)")
     return parser
 
@@ -290,6 +298,19 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         raise
 
 
+def detector_options(args: argparse.Namespace, first: Geometry) -> dict[str, Any]:
+    """What the detector is built with so that it works at the size of the frames it is given (--detector-size)."""
+    sides = (first.detector.content_width, first.detector.content_height)
+    if args.detector == "yolox_nano":  # people only, dropped before NMS
+        return {"size": yolox_size_for(*sides), "classes": (PERSON,)}
+    if args.detector not in TORCHVISION_DETECTORS:
+        return {}
+    options: dict[str, Any] = {"proposals": args.proposals}
+    if args.quantized is None and args.onnx is None and args.engine is None:  # works at the frame's size
+        options.update(min_size=min(sides), max_size=max(sides))
+    return options
+
+
 def find_main_person(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     seed_everything(args.seed)
     device = resolve_device(args.device)
@@ -300,12 +321,6 @@ def find_main_person(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     first = Geometry.for_size(source.width, source.height, detector_height)
 
     load_start = time.perf_counter()
-    options = {"proposals": args.proposals} if args.detector in TORCHVISION_DETECTORS else {}
-    if (
-        args.detector in TORCHVISION_DETECTORS and args.quantized is None and args.onnx is None and args.engine is None
-    ):  # works at the frame's size
-        sides = (first.detector.content_width, first.detector.content_height)
-        options.update(min_size=min(sides), max_size=max(sides))
     detector = build_detector(
         args.detector,
         args.weights,
@@ -315,12 +330,14 @@ def find_main_person(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         quantized=args.quantized,
         onnx=args.onnx,
         engine=args.engine,
-        **options,
+        **detector_options(args, first),
     )
     detector.warmup(first.detector.content_width, first.detector.content_height, batch_size)
     load_s = time.perf_counter() - load_start
 
-    selector = MainPersonSelector(OUTPUT_WIDTH, OUTPUT_HEIGHT, args.switch_margin, args.switch_frames, args.hold_frames)
+    selector = make_selector(
+        args.association, OUTPUT_WIDTH, OUTPUT_HEIGHT, args.switch_margin, args.switch_frames, args.hold_frames, frame_rate=source.fps
+    )
     timer = StageTimer(cuda_sync=device.type == "cuda")
     jsonl = JsonLines(args.jsonl or str(out / "main_person.jsonl"))
     try:
@@ -424,6 +441,7 @@ def find_main_person(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "detector": detector.describe(),
         "backend": args.backend,
         "detector_size": detector_height,
+        "association": args.association,
         "device": str(device),
         "threads": threads,
         "batch_size": batch_size,

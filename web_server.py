@@ -50,6 +50,7 @@ from utils.mqtt import (
     InvalidMessage,
     add_broker_arguments,
     broker_options,
+    close_subscriber,
     parse_broker,
     subscribe,
     validate_message,
@@ -279,6 +280,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     server.daemon_threads = True  # open SSE streams do not keep the process alive
     broker = EmbeddedBroker(port, host).start() if embedded and not args.no_mqtt else None
     client = None if args.no_mqtt else subscribe(broker_options(args, host, port), [args.topic], store.on_mqtt, client_id="web_server")
+    if client is not None and args.with_camera and not client.subscribed.wait(10):  # the cameras' first frames reach us too
+        log.warning("no subscription acknowledged by %s:%d within 10 s; starting the cameras anyway", host, port)
     children = start_cameras(args.with_camera, host, port, args.camera_args) if args.with_camera else []
 
     previous_handlers = {}
@@ -304,9 +307,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 child.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 child.kill()
+        if broker is not None:
+            broker.drain()  # the cameras' last messages reach this server's subscriber before it disconnects
         if client is not None:
-            client.disconnect()
-            client.loop_stop()
+            close_subscriber(client)
         if broker is not None:
             broker.stop()
         server.server_close()

@@ -19,11 +19,14 @@ only the NEWEST frame; frames that arrive while the detector is busy are dropped
 queued. A file without --realtime is read as fast as the detector goes, every frame processed. Frames come from
 OpenCV as BGR and are converted to RGB before the detector (which expects RGB). Boxes are in the source frame's
 pixels. The broker may go away: the client reconnects with backoff and buffers at most --buffer messages meanwhile.
+A message counts as delivered once the broker acknowledged it (QoS >= 1) or it was written to the broker (QoS 0); at
+the stop the publisher waits up to --close-timeout for the last acknowledgements and the summary counts what was lost.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -44,9 +47,9 @@ import numpy as np
 from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
 from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, set_threads
-from utils.detectors import DETECTORS, PERSON, TORCHVISION_DETECTORS, build_detector
-from utils.main_person import MainPersonSelector
-from utils.mqtt import SCHEMA_VERSION, EmbeddedBroker, Publisher, add_broker_arguments, broker_options, parse_broker
+from utils.detectors import DETECTORS, PERSON, TORCHVISION_DETECTORS, build_detector, yolox_size_for
+from utils.main_person import MainPersonSelector, add_association_argument, make_selector
+from utils.mqtt import CLOSE_TIMEOUT_S, SCHEMA_VERSION, EmbeddedBroker, Publisher, add_broker_arguments, broker_options, parse_broker
 from utils.timing import summarize
 from utils.video import MAX_PIXELS, Letterbox, ThreadedReader, VideoSource
 
@@ -186,6 +189,16 @@ def detector_input(frame_bgr: np.ndarray, max_height: int) -> tuple[np.ndarray, 
     return cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB), scale  # OpenCV decodes BGR; the detectors take RGB
 
 
+def detector_options(name: str, width: int, height: int) -> dict[str, Any]:
+    """What the detector is built with for width x height inputs: torchvision's resize bounds, yolox_nano's input long
+    side (rounded up to its grid; every COCO class kept, the message lists them all)."""
+    if name in TORCHVISION_DETECTORS:
+        return {"min_size": DETECTOR_HEIGHT, "max_size": round(DETECTOR_HEIGHT * 16 / 9)}
+    if name == "yolox_nano":
+        return {"size": yolox_size_for(width, height)}
+    return {}
+
+
 def label_name(label: int) -> str:
     return COCO_NAMES[label] if 0 <= label < len(COCO_NAMES) and COCO_NAMES[label] != "N/A" else f"class_{label}"
 
@@ -193,9 +206,12 @@ def label_name(label: int) -> str:
 class FrameDetector:
     """BGR frame -> one schema-1 message: detections in source pixels, the main person, inference time."""
 
-    def __init__(self, detector: Any, camera: str, min_score: float | None, args: argparse.Namespace) -> None:
+    def __init__(
+        self, detector: Any, camera: str, min_score: float | None, args: argparse.Namespace, frame_rate: float | None = None
+    ) -> None:
         self.detector, self.camera = detector, camera
         self.min_score = detector.score_thresh if min_score is None else min_score
+        self.association, self.frame_rate = args.association, frame_rate
         self.selector_args = (args.switch_margin, args.switch_frames, args.hold_frames)
         self.selector: MainPersonSelector | None = None
         self.size: tuple[int, int] | None = None
@@ -203,7 +219,8 @@ class FrameDetector:
     def __call__(self, index: int, frame_bgr: np.ndarray, capture_ts: float, dropped: int) -> dict[str, Any]:
         height, width = frame_bgr.shape[:2]
         if (width, height) != self.size:  # a new picture size (an image folder): nothing carried over
-            self.size, self.selector = (width, height), MainPersonSelector(width, height, *self.selector_args)
+            self.size = (width, height)
+            self.selector = make_selector(self.association, width, height, *self.selector_args, frame_rate=self.frame_rate)
         rgb, scale = detector_input(frame_bgr, DETECTOR_HEIGHT)
         start = time.perf_counter()
         found = self.detector.detect([rgb])[0]
@@ -243,16 +260,18 @@ def jpeg_preview(frame_bgr: np.ndarray, width: int) -> bytes:
 
 class HttpPoster:
     """POSTs messages to web_server.py (--http) from a thread, so a slow server never stalls the camera loop; at most
-    `buffer` messages wait (oldest dropped)."""
+    `buffer` messages wait (oldest dropped). A message counts as sent only once the server answered 2xx: posted =
+    sent + failed (refused or unreachable) + dropped (buffer full) + unsent (still queued when close() gave up)."""
 
     def __init__(self, url: str, buffer: int) -> None:
         self.url = url
-        self.sent = self.failed = 0
+        self.posted = self.sent = self.failed = self.dropped = 0
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=buffer)
         self._thread = threading.Thread(target=self._run, name="http-poster", daemon=True)
         self._thread.start()
 
     def post(self, payload: bytes) -> None:
+        self.posted += 1
         while True:
             try:
                 self._queue.put_nowait(payload)
@@ -260,7 +279,7 @@ class HttpPoster:
             except queue.Full:
                 try:
                     self._queue.get_nowait()
-                    self.failed += 1
+                    self.dropped += 1
                 except queue.Empty:
                     pass
 
@@ -268,17 +287,29 @@ class HttpPoster:
         while (payload := self._queue.get()) is not None:
             request = urllib.request.Request(self.url, payload, {"Content-Type": "application/json"})
             try:
-                with urllib.request.urlopen(request, timeout=2) as response:
+                with urllib.request.urlopen(request, timeout=2) as response:  # 4xx/5xx raise HTTPError; redirects are followed
                     response.read()
-                self.sent += 1
+                    status = response.status
             except (urllib.error.URLError, OSError) as error:
-                self.failed += 1
-                if self.failed == 1 or self.failed % 100 == 0:
-                    log.warning("POST %s failed (%s); %d failed so far", self.url, getattr(error, "reason", error), self.failed)
+                status, reason = None, getattr(error, "reason", error)
+            if status is not None and 200 <= status < 300:
+                self.sent += 1
+                continue
+            self.failed += 1
+            if self.failed == 1 or self.failed % 100 == 0:
+                log.warning("POST %s failed (%s); %d failed so far", self.url, reason if status is None else f"HTTP {status}", self.failed)
 
-    def close(self) -> None:
-        self.post(None)  # type: ignore[arg-type]
-        self._thread.join(timeout=5)
+    @property
+    def unsent(self) -> int:
+        return self.posted - self.sent - self.failed - self.dropped
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> int:
+        """Let the queue empty for up to `timeout` s; returns how many messages were never answered (unsent)."""
+        deadline = time.monotonic() + timeout
+        with contextlib.suppress(queue.Full):  # a full queue that never drains: the thread is a daemon, left behind
+            self._queue.put(None, timeout=timeout)
+        self._thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        return self.unsent
 
 
 ######################################################################################################################
@@ -305,10 +336,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--client-id", default=None, help="MQTT client id (default: webcam_mqtt-<camera-id>-<pid>)")
     add_broker_arguments(parser, default="embedded")
     parser.add_argument("--buffer", type=number(int, 1), default=100, help="messages kept while the broker is away; older ones dropped")
+    parser.add_argument(
+        "--close-timeout",
+        type=number(float, 0, 600),
+        default=CLOSE_TIMEOUT_S,
+        help="at the stop, seconds to wait for the broker's last acknowledgements (and HTTP answers); what has not come by "
+        "then is counted as lost (default: %(default)s)",
+    )
     parser.add_argument("--publish-frames", action="store_true", help="also publish a downscaled JPEG per frame on <topic>/frame")
     parser.add_argument("--frame-width", type=number(int, 16, 4096), default=427, help="width of the --publish-frames JPEG")
     parser.add_argument("--http", default=None, help="also POST every message to this URL, e.g. http://127.0.0.1:5000/api/detections")
-    parser.add_argument("--detector", default="ssdlite_person", choices=DETECTORS, help="detector (ssdlite_person: bundled, pretrained)")
+    parser.add_argument(
+        "--detector",
+        default="yolox_nano",
+        choices=DETECTORS,
+        help="detector (default: yolox_nano, bundled COCO YOLOX-nano: every COCO class in the message; ssdlite_person: bundled, people only)",
+    )
     parser.add_argument("--weights", default="DEFAULT", help="DEFAULT, none (random, speed only) or a state_dict path")
     parser.add_argument("--quantized", default=None, help="a model saved by quantise.py (default: none)")
     parser.add_argument("--onnx", default=None, help="a torchvision detector exported by tensorrt_convert.py, run by ONNX Runtime")
@@ -325,8 +368,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--switch-margin", type=number(float, 1), default=1.3, help="salience ratio another person needs to take over")
     parser.add_argument("--switch-frames", type=number(int, 1), default=3, help="frames in a row the challenger must win")
     parser.add_argument("--hold-frames", type=number(int, 0), default=5, help="frames the main person is held over detector misses")
+    add_association_argument(parser)
     parser.add_argument("--out", default=None, help="folder for results.json (default: none written)")
     return parser
+
+
+def delivery_summary(publisher: Publisher) -> str:
+    """'all N messages delivered' only when that is true; otherwise how many were lost and how."""
+    lost = publisher.dropped + publisher.unacknowledged
+    if not lost:
+        return f"all {publisher.published} messages delivered to the broker"
+    return (
+        f"{lost} of {publisher.published} messages LOST ({publisher.dropped} dropped from a full buffer, "
+        f"{publisher.unacknowledged} never acknowledged by the broker)"
+    )
 
 
 def default_camera_id(source: str) -> str:
@@ -347,11 +402,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         source = open_source(args.source, args.max_pixels)
         device = resolve_device(args.device)
         threads = set_threads(args.threads or max(1, (os.cpu_count() or 1) - 1))
-        sizes = {"min_size": DETECTOR_HEIGHT, "max_size": round(DETECTOR_HEIGHT * 16 / 9)} if args.detector in TORCHVISION_DETECTORS else {}
-        detector = build_detector(
-            args.detector, args.weights, device, threads=threads, quantized=args.quantized, onnx=args.onnx, engine=args.engine, **sizes
-        )
         rgb, _ = detector_input(np.zeros((source.height, source.width, 3), np.uint8), DETECTOR_HEIGHT)
+        options = detector_options(args.detector, rgb.shape[1], rgb.shape[0])
+        detector = build_detector(
+            args.detector, args.weights, device, threads=threads, quantized=args.quantized, onnx=args.onnx, engine=args.engine, **options
+        )
         detector.warmup(rgb.shape[1], rgb.shape[0])
     except BaseException:
         if source is not None:
@@ -382,7 +437,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous_handlers[signum] = signal.signal(signum, lambda *_: stop.set())
 
-    describe = FrameDetector(detector, camera, args.min_score, args)
+    # the rate frames come at (a live source drops some while the detector is busy: the tracker then sees fewer)
+    describe = FrameDetector(detector, camera, args.min_score, args, frame_rate=args.fps or source.fps)
     latencies, inferences, ages = [], [], []
     processed = 0
     log.info("publishing %s on %s (broker %s:%d%s)", source_text, topic, host, port, ", embedded" if embedded else "")
@@ -406,11 +462,11 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         wall_s = time.perf_counter() - start
         reader.close()
-        publisher.close()
+        publisher.close(args.close_timeout)  # waits for the broker's acknowledgements: what never came is counted, not hidden
         if poster is not None:
-            poster.close()
+            poster.close(args.close_timeout)
         if broker is not None:
-            broker.stop()
+            broker.stop()  # after its clients: it hands on what it holds first
         for signum, handler in previous_handlers.items():
             signal.signal(signum, handler)
 
@@ -427,11 +483,17 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "latency_ms": latency,  # capture -> handed to the MQTT client
         "inference_ms": summarize(inferences),
         "frame_age_ms": summarize(ages),  # capture -> picked up: a live frame waits for the detector to finish the last one
-        "messages_dropped": publisher.dropped,
+        "messages_published": publisher.published,  # = delivered + dropped + unacknowledged
+        "messages_delivered": publisher.delivered,  # acknowledged by the broker (QoS >= 1) or written to it (QoS 0)
+        "messages_dropped": publisher.dropped,  # a full buffer while the broker was away
+        "messages_unacknowledged": publisher.unacknowledged,  # lost with a connection, or never acknowledged before the stop
         "reconnections": max(0, publisher.connections - 1),
-        "http": None if poster is None else {"sent": poster.sent, "failed": poster.failed},
+        "http": None
+        if poster is None
+        else {"posted": poster.posted, "sent": poster.sent, "failed": poster.failed, "dropped": poster.dropped, "unsent": poster.unsent},
         "stopped_by_signal": stop.is_set(),
         "detector": detector.name,
+        "association": args.association,
         "threads": threads,
     }
     if args.out:
@@ -440,7 +502,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     print(
         f"{processed} frames published on {topic}, {results['dropped_frames']} stale frames dropped, {results['fps']:.1f} FPS, "
         f"latency capture->publish p50 {latency['median_ms']:.1f} ms p95 {latency['p95_ms']:.1f} ms "
-        f"(inference p50 {results['inference_ms']['median_ms']:.1f} ms), {publisher.dropped} messages dropped, "
+        f"(inference p50 {results['inference_ms']['median_ms']:.1f} ms), {delivery_summary(publisher)}, "
         f"{results['reconnections']} reconnections",
         file=sys.stderr,
     )

@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from utils.cli import ArgumentParser, UserError, number, run_cli  # noqa: E402
-from utils.mqtt import BrokerOptions, free_port, start_mosquitto, subscribe, validate_message  # noqa: E402
+from utils.mqtt import BrokerOptions, close_subscriber, free_port, start_mosquitto, subscribe, validate_message  # noqa: E402
 
 DEFAULT_SOURCE = REPO_ROOT / "assets" / "videos" / "tud-campus.mp4"
 START_TIMEOUT_S = 90  # imports + detector load on a busy 2-core machine
@@ -100,8 +100,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 child.kill()
                 _, stderr = child.communicate()
-            client.disconnect()
-            client.loop_stop()
+            close_subscriber(client)
             if mosquitto is not None:
                 mosquitto.terminate()
                 mosquitto.wait(timeout=10)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import threading
 import urllib.error
 from pathlib import Path
 
@@ -156,3 +158,65 @@ def usable_random_detector(path: Path) -> str:
         hook.remove()
     torch.save(model.model.state_dict(), path)
     return str(path)
+
+
+class StallingBroker:
+    """A minimal MQTT 3.1.1 broker on 127.0.0.1 that acknowledges the first `ack_first` QoS-1 publishes and then none:
+    a broker that stops answering before the last acknowledgement, deterministically. Counts what it received."""
+
+    def __init__(self, ack_first: int) -> None:
+        import socket
+
+        self.ack_first, self.received, self.acked = ack_first, [], 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                connection, _ = self.listener.accept()
+                threading.Thread(target=self._session, args=(connection,), daemon=True).start()
+
+    @staticmethod
+    def _read_exactly(connection, count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = connection.recv(count - len(data))
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        return data
+
+    def _packet(self, connection) -> tuple[int, bytes]:
+        first = self._read_exactly(connection, 1)[0]
+        length, shift = 0, 0
+        while True:  # MQTT's variable-length remaining length
+            byte = self._read_exactly(connection, 1)[0]
+            length += (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        return first, self._read_exactly(connection, length)
+
+    def _session(self, connection) -> None:
+        with connection, contextlib.suppress(OSError, ConnectionError):
+            while True:
+                first, body = self._packet(connection)
+                kind = first >> 4
+                if kind == 1:  # CONNECT -> CONNACK accepted
+                    connection.sendall(b"\x20\x02\x00\x00")
+                elif kind == 3:  # PUBLISH
+                    qos, topic_length = (first >> 1) & 3, int.from_bytes(body[:2], "big")
+                    self.received.append((body[2 : 2 + topic_length].decode(), qos))
+                    if qos == 1 and self.acked < self.ack_first:
+                        self.acked += 1
+                        connection.sendall(b"\x40\x02" + body[2 + topic_length : 4 + topic_length])
+                elif kind == 12:  # PINGREQ -> PINGRESP
+                    connection.sendall(b"\xd0\x00")
+                elif kind == 14:  # DISCONNECT
+                    return
+
+    def close(self) -> None:
+        self.listener.close()

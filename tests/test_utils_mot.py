@@ -5,7 +5,7 @@ import pytest
 from conftest import TUD_CAMPUS
 
 from utils.cli import UserError
-from utils.mot import find_mot_sequences, read_mot_boxes, read_mot_sequence
+from utils.mot import find_mot_sequences, read_mot_boxes, read_mot_gt, read_mot_sequence
 
 
 def annotation_file(tmp_path, text: str, name: str = "gt.txt"):
@@ -46,6 +46,46 @@ def test_mot15_gt_with_minus_ones(tmp_path):
     assert boxes[1][:, 5].tolist() == [1.0, 1.0]  # no visibility column in MOT15: taken as fully visible
 
 
+def test_mot15_gt_with_conf_minus_one_counts_every_row(tmp_path):
+    # Some public copies of MOT15 put -1 in gt's conf column: TrackEval counts every row not marked 0
+    gt = annotation_file(
+        tmp_path, "1,1,10,20,5,8,-1,-1,-1,-1\n1,2,30,20,5,8,-1,-1,-1,-1\n2,1,11,20,5,8,-1,-1,-1,-1\n3,2,31,20,5,8,1,-1,-1,-1\n"
+    )
+    boxes = read_mot_boxes(gt)
+    assert {frame: len(rows) for frame, rows in boxes.items()} == {1: 2, 2: 1, 3: 1}
+    assert boxes[1][:, :5].tolist() == [[9, 19, 14, 27, 1], [29, 19, 34, 27, 2]] and boxes[1][:, 5].tolist() == [1.0, 1.0]
+    people, ignore = read_mot_gt(gt)
+    assert sum(len(rows) for rows in people.values()) == 4 and ignore == {}
+
+
+def test_conf_zero_rows_are_ignore_regions_kept_apart(tmp_path):
+    gt = annotation_file(
+        tmp_path, "1,1,10,20,5,8,-1,-1,-1,-1\n1,2,30,20,5,8,0,-1,-1,-1\n2,2,31,20,5,8,0,-1,-1,-1\n2,1,11,20,5,8,1,-1,-1,-1\n"
+    )
+    people, ignore = read_mot_gt(gt)
+    assert {frame: rows[:, 4].tolist() for frame, rows in people.items()} == {1: [1], 2: [1]}  # conf 0 still not a person
+    assert {frame: rows[:, :5].tolist() for frame, rows in ignore.items()} == {1: [[29, 19, 34, 27, 2]], 2: [[30, 19, 35, 27, 2]]}
+    assert {frame: rows[:, 4].tolist() for frame, rows in read_mot_boxes(gt).items()} == {1: [1], 2: [1]}
+
+
+def test_mot16_pedestrians_only_turns_other_person_classes_into_ignore_regions(tmp_path):
+    gt = annotation_file(
+        tmp_path,
+        "1,1,10,10,5,5,1,1,1.0\n"  # pedestrian
+        "1,2,10,10,5,5,0,1,0.5\n"  # pedestrian flagged 0: ignore region
+        "1,3,10,10,5,5,1,3,1.0\n"  # car: neither
+        "1,4,10,10,5,5,1,7,0.5\n"  # static person flagged 1: a person for training, an ignore region for (1,)
+        "1,5,10,10,5,5,0,8,0.75\n"  # distractor: ignore region
+        "1,6,10,10,5,5,0,12,0.1\n"  # reflection: ignore region
+        "1,7,10,10,5,5,0,9,1.0\n",  # occluder: neither
+    )
+    people, ignore = read_mot_gt(gt, person_classes=(1,))
+    assert people[1][:, 4].tolist() == [1] and ignore[1][:, 4].tolist() == [2, 4, 5, 6]
+    assert ignore[1][:, 5].tolist() == pytest.approx([0.5, 0.5, 0.75, 0.1])  # visibility kept
+    people, ignore = read_mot_gt(gt)  # PERSON_CLASSES: static people count, as read_mot_boxes gives them
+    assert people[1][:, 4].tolist() == [1, 4] and ignore[1][:, 4].tolist() == [2, 5, 6]
+
+
 def test_mot16_flags_classes_and_visibility(tmp_path):
     gt = annotation_file(
         tmp_path,
@@ -84,7 +124,10 @@ def test_det_files_of_both_layouts_keep_their_scores(tmp_path):
         ("\n1,1,10,10,5,5,1,1,1.0\n1,2,10,10,5,5,1,-1,-1,-1\n", True, r"gt.txt:3: 10 fields in a MOT16\+ gt .* mixed formats"),
         ("1,1,10,10,5,5,1,1\n", True, r"gt.txt:1: 8 fields fit no MOT gt layout"),
         ("1,1,10,10,5,5,1,1,1.0\n", False, r"gt.txt:1: 9 fields fit no MOT det layout"),
-        ("1,-1,10,10,5,5,42.8,-1,-1,-1\n", True, r"gt.txt:1: not a gt row: .*det file read as gt"),
+        ("1,-1,10,10,5,5,42.8,-1,-1,-1\n", True, r"gt.txt:1: not a gt row: id -1 marks a detection \(a det file read as gt\?\)"),
+        ("1,1,10,10,5,5,1,-1,-1,-1\n2,-1,10,10,5,5,-1,-1,-1,-1\n", True, r"gt.txt:2: not a gt row: id -1 .*det file read as gt"),
+        ("1,-2,10,10,5,5,1,-1,-1,-1\n", True, r"gt.txt:1: a gt id must be a whole number >= 0, got -2"),
+        ("1,1.5,10,10,5,5,1,1,1.0\n", True, r"gt.txt:1: a gt id must be a whole number >= 0, got 1.5"),
         ("1,1,10,10,5,5,1,1,1.5\n", True, r"gt.txt:1: class .* visibility in \[0, 1\], got 1, 1.5"),
         ("1,1,10,10,0,5,1,-1,-1,-1\n", True, r"gt.txt:1: box width and height must be positive"),
         ("0,1,10,10,5,5,1,-1,-1,-1\n", True, r"gt.txt:1: frame must be a whole number >= 1"),
@@ -117,6 +160,7 @@ def test_read_sequence_with_seqinfo():
     assert (sequence.name, len(sequence), sequence.width, sequence.height, sequence.frame_rate) == ("TUD-Campus", 71, 640, 480, 25.0)
     assert sequence.image_paths[0].name == "000001.jpg" and sequence.image_paths[-1].name == "000071.jpg"
     assert len(sequence.boxes(1)) == 6 and sequence.boxes(999).shape == (0, 6)
+    assert sequence.ignore == {} and sequence.ignore_regions(1).shape == (0, 6)  # TUD-Campus has no conf-0 row
 
 
 def copy_sequence(tmp_path, frames: int = 12):
@@ -133,6 +177,15 @@ def copy_sequence(tmp_path, frames: int = 12):
 def test_read_sequence_without_seqinfo_infers_it(tmp_path):
     sequence = read_mot_sequence(copy_sequence(tmp_path))
     assert (sequence.name, len(sequence), sequence.width, sequence.height) == ("SEQ", 12, 640, 480)
+
+
+def test_read_sequence_keeps_ignore_regions_per_frame(tmp_path):
+    root = copy_sequence(tmp_path, frames=3)
+    (root / "gt" / "gt.txt").write_text("1,1,10,10,5,5,1,1,1.0\n2,2,20,10,5,5,1,7,0.5\n3,3,30,10,5,5,0,1,1.0\n3,4,40,10,5,5,1,1,1.0\n")
+    sequence = read_mot_sequence(root, person_classes=(1,))
+    assert [sequence.boxes(frame)[:, 4].tolist() for frame in (1, 2, 3)] == [[1], [], [4]]
+    assert [sequence.ignore_regions(frame)[:, 4].tolist() for frame in (1, 2, 3)] == [[], [2], [3]]
+    assert read_mot_sequence(root).boxes(2)[:, 4].tolist() == [2]  # by default a static person is a person (training)
 
 
 def test_sequence_whose_gt_is_all_ignore_rows_is_an_error(tmp_path):

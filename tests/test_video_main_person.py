@@ -8,8 +8,8 @@ import pytest
 from conftest import REPO, TUD_CAMPUS, TUD_CLIP, usable_random_detector
 
 import video_main_person
-from utils.cli import UserError
-from utils.main_person import MainPersonSelector, salience
+from utils.cli import UserError, run_cli
+from utils.main_person import MainPersonSelector, TrackedMainPersonSelector, salience
 from utils.metrics import box_iou
 from utils.mot import read_mot_boxes
 
@@ -100,6 +100,113 @@ def test_hold_over_misses_then_release():
 
 
 ######################################################################################################################
+# Association by ByteTrack track id (--association bytetrack): same salience, hysteresis and hold
+
+
+def walk(start: np.ndarray, step: float, frames: int) -> list[np.ndarray]:
+    """A person's boxes over `frames` frames, walking `step` px per frame to the right (negative: to the left)."""
+    return [start + np.array([step * frame, 0, step * frame, 0], np.float32) for frame in range(frames)]
+
+
+def test_bytetrack_incumbent_keeps_its_track_against_a_short_lived_larger_newcomer():
+    selector = TrackedMainPersonSelector(W, H, switch_margin=1.3, switch_frames=3)
+    faint = np.array([400, 5, 410, 25], np.float32)  # listed first, too weak for a track: the tracker drops it from its output
+    newcomer = np.array([230, 10, 320, 235], np.float32)  # 1.5x as large and nearer the centre: 1.6x the salience
+    main_path = walk(np.array([90, 70, 150, 210], np.float32), 2, 10)
+    for frame in range(4):
+        selector.update(np.stack([faint, main_path[frame]]), np.array([0.2, 0.9]))
+    main_id = selector.track_id
+    assert main_id is not None  # confirmed on the tracker's first frame
+    for frame in range(4, 6):  # the newcomer stays switch_frames - 1 frames: too short to take over
+        boxes, scores = np.stack([faint, newcomer, main_path[frame]]), np.array([0.2, 0.9, 0.9], np.float32)
+        given = boxes.copy(), scores.copy()
+        chosen = selector.update(boxes, scores)
+        np.testing.assert_array_equal(chosen.box, main_path[frame])  # the detection itself, not the tracker's box
+        assert selector.track_id == main_id and not chosen.held
+        np.testing.assert_array_equal(boxes, given[0])  # the caller's persons, drawn afterwards, are untouched
+        np.testing.assert_array_equal(scores, given[1])
+    chosen = selector.update(np.stack([faint, main_path[6]]), np.array([0.2, 0.9]))
+    np.testing.assert_array_equal(chosen.box, main_path[6])
+    picks = [selector.update(np.stack([faint, newcomer, main_path[frame]]), np.array([0.2, 0.9, 0.9])) for frame in range(7, 10)]
+    assert [pick.box[0] for pick in picks] == [main_path[7][0], main_path[8][0], newcomer[0]]  # 3 frames in a row: it takes over
+    assert selector.track_id not in (None, main_id)  # and the main person is now followed by the newcomer's track
+
+
+def test_bytetrack_main_person_missed_two_frames_is_held_and_found_under_the_same_track():
+    selector = TrackedMainPersonSelector(W, H, hold_frames=5)
+    path = walk(LEFT, 6, 8)  # 6 px per frame to the right
+    bystander = RIGHT - np.array([0, 0, 0, 60], np.float32)  # someone smaller stays in view all along
+    for frame in range(5):
+        selector.update(np.stack([path[frame], bystander]), np.array([0.9, 0.9]))
+    main_id = selector.track_id
+    held = [selector.update(bystander[None], np.array([0.9])) for _ in range(2)]  # the detector misses the main person
+    assert all(person.held for person in held)
+    np.testing.assert_allclose(held[-1].box, path[6], atol=2)  # walked on at the person's pace, not stuck at path[4]
+    back = selector.update(np.stack([bystander, path[7]]), np.array([0.9, 0.9]))
+    assert not back.held and selector.track_id == main_id
+    np.testing.assert_array_equal(back.box, path[7])
+
+
+def test_bytetrack_after_the_hold_runs_out_the_new_main_person_is_followed_by_their_track():
+    selector = TrackedMainPersonSelector(W, H, hold_frames=2)
+    bystander = RIGHT - np.array([0, 0, 0, 60], np.float32)
+    for _ in range(3):
+        selector.update(np.stack([LEFT, bystander]), np.array([0.9, 0.9]))
+    held = [selector.update(bystander[None], np.array([0.9])) for _ in range(2)]
+    assert all(person.held for person in held)
+    picks = [selector.update(bystander[None], np.array([0.9])) for _ in range(4)]  # hold over: the bystander, at once
+    assert all(not pick.held and pick.box[0] == bystander[0] for pick in picks)  # and kept: the tracker kept its ids
+
+
+def test_bytetrack_someone_entering_an_empty_scene_is_main_at_once_and_then_followed_by_their_track():
+    selector = TrackedMainPersonSelector(W, H)
+    for _ in range(3):
+        assert selector.update(np.zeros((0, 4)), np.zeros(0)) is None
+    path = walk(LEFT, 4, 4)
+    first = selector.update(path[0][None], np.array([0.9]))  # ByteTrack confirms this track only in the next frame
+    np.testing.assert_array_equal(first.box, path[0])
+    assert selector.track_id is None
+    for frame in range(1, 4):  # found again by IoU, then by the track id it took
+        chosen = selector.update(path[frame][None], np.array([0.9]))
+        assert not chosen.held and chosen.box[0] == path[frame][0]
+    assert selector.track_id is not None
+
+
+def test_bytetrack_two_people_crossing_keep_the_main_person_walking_the_same_way():
+    selector = TrackedMainPersonSelector(W, H)
+    rightward = walk(np.array([40, 60, 100, 220], np.float32), 8, 37)  # the main person
+    leftward = walk(np.array([327, 50, 390, 225], np.float32), -8, 37)  # a little nearer the camera: in front at the crossing
+    hidden = {17, 18, 19}  # boxes overlap most at frame 18; the front person hides the main one there
+    picks = []
+    for frame in range(37):
+        if frame in hidden:
+            picks.append(selector.update(leftward[frame][None], np.array([0.8])))
+        else:
+            picks.append(selector.update(np.stack([leftward[frame], rightward[frame]]), np.array([0.8, 0.9])))
+        if frame == 16:
+            main_id = selector.track_id
+    assert box_iou(rightward[16][None], leftward[16][None])[0, 0] > 0.25  # they already overlap before the main one is hidden
+    assert all(picks[frame].held for frame in hidden)  # held, not handed to the person in front
+    for frame in range(20, 37):  # after the crossing: still the one walking right, under the same track id
+        np.testing.assert_array_equal(picks[frame].box, rightward[frame])
+    assert selector.track_id == main_id
+
+
+def test_bytetrack_reset_forgets_the_track():
+    selector = TrackedMainPersonSelector(W, H, hold_frames=5)
+    for box in walk(LEFT, 4, 5):
+        selector.update(box[None], np.array([0.9]))
+    assert selector.track_id is not None
+    selector.reset()
+    assert selector.track_id is None
+    assert selector.update(np.zeros((0, 4)), np.zeros(0)) is None  # nothing held over
+    selector.reset()  # again: that empty frame was the fresh tracker's first
+    chosen = selector.update(RIGHT[None], np.array([0.9]))  # someone else, elsewhere: the first frame of a fresh tracker
+    np.testing.assert_array_equal(chosen.box, RIGHT)
+    assert selector.track_id is not None  # a tracker that kept its old frames would only confirm this track next frame
+
+
+######################################################################################################################
 # End to end, on real frames with the bundled detector
 
 
@@ -149,6 +256,23 @@ def test_torchvision_detector_through_the_pipeline(tmp_path):
     assert results["frames"] == 3 and len(records) == 3
     assert results["detector"]["proposals"] == 100 and results["detector"]["classes"] == [1]
     assert not (tmp_path / "out" / "main_person.mp4").exists()
+
+
+def test_association_bytetrack_end_to_end_leaves_the_persons_as_detected(tmp_path):
+    records = {}
+    for association in ("bytetrack", "iou"):
+        argv = ["--source", str(TUD_CLIP), "--detector", "ssdlite_person", "--max-frames", "12", "--no-video"]
+        results = run(tmp_path / association, *argv, "--association", association)
+        assert results["association"] == association
+        assert json.loads((tmp_path / association / "out" / "results.json").read_text())["association"] == association
+        lines = (tmp_path / association / "out" / "main_person.jsonl").read_text().splitlines()
+        records[association] = [json.loads(line) for line in lines]
+    tracked = records["bytetrack"]
+    assert len(tracked) == 12 and sum(record["main_person"] is not None for record in tracked) >= 10
+    for record in tracked:  # a main person not held is one of the frame's own detections
+        if record["main_person"] is not None and not record["held"]:
+            assert record["main_person"] in [person["box"] for person in record["persons"]]
+    assert [record["persons"] for record in tracked] == [record["persons"] for record in records["iou"]]  # none dropped or moved
 
 
 def test_corrupt_video_frame_is_skipped_counted_and_the_run_goes_on(tmp_path, corrupt_video):
@@ -281,7 +405,7 @@ def test_unwritable_output_folder(tmp_path):
 
 def test_weights_default_offline_leaves_no_output(tmp_path, offline):
     with pytest.raises(UserError, match="cannot download"):
-        run(tmp_path, "--source", str(TUD_CLIP), "--weights", "DEFAULT")
+        run(tmp_path, "--source", str(TUD_CLIP), "--detector", "fasterrcnn_resnet50_fpn", "--weights", "DEFAULT")
     assert not (tmp_path / "out").exists()  # the folder this run created is gone again
 
 
@@ -418,3 +542,33 @@ def test_tensorrt_engine_through_the_pipeline(tmp_path):
     results = run(tmp_path, "--source", str(TUD_CLIP), "--engine", str(engine), "--device", "cuda", "--max-frames", "3", "--no-video")
     assert results["frames"] == 3 and results["backend"] == "tensorrt"
     assert results["detector"]["name"] == "fasterrcnn_mobilenet_v3_large_320_fpn (tensorrt fp32)"
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        (b"not an onnx model at all", "is not a loadable ONNX model"),
+        (REPO / "assets" / "models" / "ped_ssdlite_person.onnx", "is not a YOLOX COCO model: input"),
+    ],
+    ids=["corrupt", "wrong-shape"],
+)
+def test_a_bad_yolox_model_is_one_line_exit_1_and_leaves_no_out(tmp_path, capsys, model, message):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(model if isinstance(model, bytes) else model.read_bytes())
+    argv = ["--source", str(TUD_CLIP), "--detector", "yolox_nano", "--weights", str(path), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(video_main_person.main, video_main_person.get_args_parser().parse_args(argv))
+    assert stopped.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_yolox_nano_runs_at_the_detector_size_people_only(tmp_path):
+    """yolox_nano through the pipeline: its input is the --detector-size frame unscaled (long side rounded up to 32),
+    only people are decoded, and the main person is found in the TUD-Campus frames."""
+    results = run(
+        tmp_path, "--source", str(TUD_CLIP), "--detector", "yolox_nano", "--max-frames", "8", "--no-video", "--detector-size", "240"
+    )
+    assert results["detector"]["size"] == 320 and results["detector"]["classes"] == [1]  # 640x480 -> 320x240 -> canvas 320x256
+    assert results["frames"] == 8 and results["frames_with_main_person"] == 8

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -202,3 +203,9 @@ def test_page_in_headless_chromium_shows_the_detections(tmp_path):
     assert "FPS" in state["stats"] and "latency" in state["stats"]
     assert Path(screenshot).stat().st_size > 10_000
     assert "frames published on detections/tud-campus" in stderr  # the camera child stopped cleanly with its summary
+    # stopped mid-stream, yet every message the camera published reached the server: its own stop waits for the
+    # acknowledgements, the embedded broker hands on what it holds, the subscriber stays until the broker is quiet
+    published = int(re.search(r"(\d+) frames published on detections/tud-campus", stderr).group(1))
+    assert f"all {2 * published} messages delivered to the broker" in stderr
+    received = json.loads(stderr.rsplit("web_server: ", 1)[1].splitlines()[0])["received"]
+    assert received["mqtt"] == received["frames"] == published

@@ -8,6 +8,7 @@ Implementations:
 - OnnxTorchvisionDetector: a torchvision detector exported by utils/onnx_export.py, run by ONNX Runtime.
 - TensorRTTorchvisionDetector: the same export built into a TensorRT engine (tensorrt_convert.py), on a CUDA GPU.
 - OnnxSSDLitePersonDetector: the bundled pretrained person-only SSDLite (assets/models), run by ONNX Runtime.
+- OnnxYoloxDetector: the bundled pretrained YOLOX-nano, 80 COCO classes (assets/models), run by ONNX Runtime.
 A backend subclasses Detector and registers in build_detector.
 Labels are COCO category ids (1 = person) whatever the backend.
 """
@@ -19,10 +20,10 @@ import sys
 import urllib.error
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from utils.quantization import load_state
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SSDLITE_PERSON_PATH = REPO_ROOT / "assets" / "models" / "ped_ssdlite_person.onnx"
+YOLOX_NANO_PATH = REPO_ROOT / "assets" / "models" / "yolox_nano_416x416.onnx"
 PERSON = 1  # COCO category id of 'person'
 TORCHVISION_DETECTORS = (
     "fasterrcnn_resnet50_fpn",
@@ -42,7 +44,7 @@ TORCHVISION_DETECTORS = (
     "fasterrcnn_mobilenet_v3_large_fpn",
     "fasterrcnn_mobilenet_v3_large_320_fpn",
 )
-DETECTORS = (*TORCHVISION_DETECTORS, "ssdlite_person")
+DETECTORS = (*TORCHVISION_DETECTORS, "ssdlite_person", "yolox_nano")
 
 
 @dataclass
@@ -513,6 +515,238 @@ class OnnxSSDLitePersonDetector(Detector):
 
 
 ######################################################################################################################
+# Bundled YOLOX-nano, 80 COCO classes (ONNX Runtime)
+
+# The size YOLOX-nano was trained and checked at (assets/models/SOURCE.yolox_nano.txt); a placeholder until the size is
+# tuned on named tuning sequences: smaller is faster, larger finds smaller people.
+YOLOX_DEFAULT_SIZE = 416
+YOLOX_STRIDES = (8, 16, 32)  # the head's three grids; every input side must be a multiple of the largest
+YOLOX_PAD_VALUE = 114  # the grey the YOLOX authors pad with in training: other values shift the scores near the edges
+YOLOX_NMS_IOU = 0.45  # the YOLOX authors' default for COCO
+YOLOX_OUTPUTS = 85  # per anchor point: dx, dy, log w, log h, objectness, 80 class probabilities
+# YOLOX's contiguous class index 0..79 -> COCO category id (torchvision's 91-entry numbering, gaps at the ids that
+# COCO never annotated: 12, 26, 29, 30, 45, 66, 68, 69, 71, 83), so labels mean the same as every other backend's.
+COCO_80_TO_CATEGORY_ID = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+    22, 23, 24, 25, 27, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44,
+    46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65,
+    67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
+)  # fmt: skip
+
+
+class Letterbox(NamedTuple):
+    """Where a frame goes in the model input: resized to width x height at the top-left of a canvas, the rest grey."""
+
+    canvas_width: int
+    canvas_height: int
+    width: int
+    height: int
+
+
+def _onnx_shape(value: Any) -> list[int | str]:
+    """The dims of a graph input/output: numbers, or names where symbolic ('?' where neither)."""
+    return [dim.dim_value if dim.HasField("dim_value") else dim.dim_param or "?" for dim in value.type.tensor_type.shape.dim]
+
+
+def _make_yolox_dynamic(model: Any, path: Path) -> None:
+    """Check that `model` (an onnx.ModelProto) is a YOLOX COCO head and free its batch, height, width and anchor dims.
+
+    The export fixes all of them (1 x 3 x 416 x 416): the input and output dims become names, the stale inner shapes
+    are dropped (ONNX Runtime infers them again; kept, they make it warn on every run), and the head's Reshapes to
+    [1, 85, -1] become [0, 85, -1] (0 = keep the batch dim): with a literal 1, a batch of B frames comes out as ONE
+    image of B x A anchors with the frames' values interleaved, silently wrong.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    initializer_names = {tensor.name for tensor in graph.initializer}
+    inputs = [value for value in graph.input if value.name not in initializer_names]
+    input_shape = _onnx_shape(inputs[0]) if inputs else []
+    output_shape = _onnx_shape(graph.output[0]) if graph.output else []
+    if len(inputs) != 1 or len(input_shape) != 4 or input_shape[1] != 3 or len(output_shape) != 3 or output_shape[2] != YOLOX_OUTPUTS:
+        raise UserError(
+            f"{path} is not a YOLOX COCO model: input {input_shape} output {output_shape} "
+            f"(expected one input [N, 3, H, W] and output [N, A, {YOLOX_OUTPUTS}])"
+        )
+    for value, dims in ((inputs[0], {0: "batch", 2: "height", 3: "width"}), (graph.output[0], {0: "batch", 1: "anchors"})):
+        for index, name in dims.items():
+            value.type.tensor_type.shape.dim[index].dim_param = name
+    del graph.value_info[:]
+    reshape_shapes = {node.input[1] for node in graph.node if node.op_type == "Reshape"}
+    for tensor in graph.initializer:
+        if tensor.name in reshape_shapes and numpy_helper.to_array(tensor).tolist() == [1, YOLOX_OUTPUTS, -1]:
+            tensor.CopyFrom(numpy_helper.from_array(np.array([0, YOLOX_OUTPUTS, -1], np.int64), tensor.name))
+
+
+def load_yolox_session(path: Path, threads: int | None = None, cuda: bool = False) -> Any:
+    """An onnxruntime.InferenceSession of the YOLOX model at `path` with free input/output dims (_make_yolox_dynamic).
+
+    threads: intra-op threads (None: onnxruntime's default, all cores). cuda: put the CUDA provider first where this
+    onnxruntime has it. A missing file, a file that is not ONNX or not YOLOX: a UserError of one line.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such YOLOX model (yolox_nano_416x416.onnx ships in assets/models)")
+    try:
+        model = onnx.load(str(path))
+    except Exception as error:  # protobuf DecodeError and friends: all mean not an ONNX file
+        raise UserError(f"{path} is not a loadable ONNX model ({type(error).__name__})") from None
+    _make_yolox_dynamic(model, path)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    providers = ["CPUExecutionProvider"]
+    if cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own exception types for bad graphs
+        raise UserError(f"{path} is not a loadable ONNX model ({str(error).splitlines()[0][:120]})") from None
+
+
+def yolox_size_for(width: int, height: int) -> int:
+    """The yolox_nano size (long side) at which a width x height frame goes in unscaled: its long side rounded up to
+    the coarsest grid (the scripts resize frames to --detector-size first, so that is the one knob)."""
+    stride = YOLOX_STRIDES[-1]
+    return -(-max(width, height) // stride) * stride
+
+
+def _check_yolox_size(size: int | Sequence[int]) -> int | tuple[int, int]:
+    """size as given (an int long side, or a (width, height) pair), after checking each side is a multiple of 32."""
+    sides = [size] if np.ndim(size) == 0 else list(size)
+    stride = YOLOX_STRIDES[-1]
+    if len(sides) not in (1, 2) or any(not isinstance(side, int | np.integer) or side < stride or side % stride for side in sides):
+        raise UserError(f"yolox_nano size {size!r}: give a long side or a (width, height), each a multiple of {stride} (e.g. 416)")
+    return int(sides[0]) if np.ndim(size) == 0 else (int(sides[0]), int(sides[1]))
+
+
+def _class_columns(classes: Collection[int] | None) -> np.ndarray | None:
+    """The YOLOX class indices (0..79) of a collection of COCO category ids; None keeps all 80."""
+    if classes is None:
+        return None
+    unknown = sorted(set(classes) - set(COCO_80_TO_CATEGORY_ID))
+    if unknown or not classes:
+        raise UserError(f"yolox_nano classes {sorted(classes)}: give one or more of the 80 COCO category ids it knows (1 = person)")
+    return np.array(sorted(COCO_80_TO_CATEGORY_ID.index(category) for category in set(classes)), np.int64)
+
+
+class OnnxYoloxDetector(Detector):
+    """The bundled pretrained YOLOX-nano (Megvii, Apache-2.0; 80 COCO classes) on ONNX Runtime.
+
+    Each frame is letterboxed as the authors do (resized keeping its aspect ratio into the top-left corner, grey
+    padding), run through the raw head and decoded here: per-anchor boxes from the 8/16/32-stride grids, score =
+    objectness x class probability of the best allowed class, per-class NMS, boxes back in the frame's pixels.
+    size: an int is the long side and the short side is rounded up to a multiple of 32 (rectangular inference:
+    16:9 video costs about 40% fewer pixels than a square); a (width, height) pair is a fixed canvas.
+    classes: COCO category ids to keep (e.g. {1}: people only), dropped before NMS; None keeps all 80.
+    """
+
+    name = "yolox_nano"
+    default_score_thresh = 0.3  # chosen on the tuning sequences (benchmarks/tune_main_person.py; reports/tune_main_person)
+
+    def __init__(
+        self,
+        path: str | Path = YOLOX_NANO_PATH,
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        score_thresh: float | None = None,
+        size: int | Sequence[int] = YOLOX_DEFAULT_SIZE,
+        classes: Collection[int] | None = None,
+    ) -> None:
+        self.size = _check_yolox_size(size)
+        self.class_columns = _class_columns(classes)
+        self.path = Path(path)
+        self.session = load_yolox_session(self.path, threads, cuda=torch.device(device).type == "cuda")
+        self.input_name = self.session.get_inputs()[0].name
+        self.score_thresh = self.default_score_thresh if score_thresh is None else score_thresh
+        self.category_ids = np.asarray(COCO_80_TO_CATEGORY_ID, np.int64)
+        if self.class_columns is not None:
+            self.category_ids = self.category_ids[self.class_columns]
+        self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    def letterbox(self, width: int, height: int) -> Letterbox:
+        """Where a width x height frame goes in the model input at this detector's size."""
+        long_side = isinstance(self.size, int)
+        ratio = self.size / max(width, height) if long_side else min(self.size[0] / width, self.size[1] / height)
+        resized_width, resized_height = max(1, round(width * ratio)), max(1, round(height * ratio))
+        if not long_side:
+            return Letterbox(*self.size, resized_width, resized_height)
+        stride = YOLOX_STRIDES[-1]  # the short side rounded UP to the grid: the fewest pixels that hold the whole frame
+        return Letterbox(-(-resized_width // stride) * stride, -(-resized_height // stride) * stride, resized_width, resized_height)
+
+    def preprocess(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, Letterbox]:
+        """The model input (B, 3, H, W) float32 BGR 0-255 of RGB frames sharing one shape, and their letterbox."""
+        import cv2
+
+        height, width = frames[0].shape[:2]
+        box = self.letterbox(width, height)
+        batch = np.full((len(frames), 3, box.canvas_height, box.canvas_width), YOLOX_PAD_VALUE, np.float32)
+        for image, frame in zip(batch, frames, strict=True):
+            resized = frame if (box.width, box.height) == (width, height) else cv2.resize(frame, (box.width, box.height))
+            image[:, : box.height, : box.width] = resized[:, :, ::-1].transpose(2, 0, 1)  # RGB -> BGR (as trained), HWC -> CHW
+        return batch, box
+
+    def grid(self, canvas_width: int, canvas_height: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each anchor point's grid cell (A, 2) as (x, y) and stride (A, 1), float32, in the head's order:
+        the stride-8 grid row-major, then 16, then 32. Cached per canvas size."""
+        key = (canvas_width, canvas_height)
+        if key not in self._grids:
+            cells, strides = [], []
+            for stride in YOLOX_STRIDES:
+                ys, xs = np.mgrid[: canvas_height // stride, : canvas_width // stride]
+                cells.append(np.stack([xs.ravel(), ys.ravel()], axis=1))
+                strides.append(np.full((xs.size, 1), stride))
+            self._grids[key] = (np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32))
+        return self._grids[key]
+
+    def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
+        if len({frame.shape for frame in frames}) > 1:  # one batch needs one size: run mixed sizes one by one
+            return [self.detect([frame])[0] for frame in frames]
+        if not frames:
+            return []
+        batch, box = self.preprocess(frames)
+        (raw,) = self.session.run(None, {self.input_name: batch})
+        cells, strides = self.grid(box.canvas_width, box.canvas_height)
+        if len(cells) != raw.shape[1]:  # another head layout (strides, anchors per cell): decoding would be garbage
+            raise UserError(f"{self.path}: {raw.shape[1]} anchors at {box.canvas_width}x{box.canvas_height}, YOLOX has {len(cells)}")
+        height, width = frames[0].shape[:2]
+        scale = np.array([box.width / width, box.height / height] * 2, np.float32)  # the exact per-axis resize factors
+        return [self._decode(frame_raw, cells, strides, scale, width, height) for frame_raw in raw]
+
+    def _decode(self, raw: np.ndarray, cells: np.ndarray, strides: np.ndarray, scale: np.ndarray, width: int, height: int) -> Detections:
+        """Detections of one frame's raw head output (A, 85), in the frame's pixels."""
+        # score = objectness x class probability <= objectness: this drops nearly all of the anchors before any class work
+        candidates = np.flatnonzero(raw[:, 4] >= self.score_thresh)
+        class_probabilities = raw[candidates, 5:]
+        if self.class_columns is not None:
+            class_probabilities = class_probabilities[:, self.class_columns]
+        best = class_probabilities.argmax(axis=1)
+        scores = raw[candidates, 4] * class_probabilities[np.arange(len(candidates)), best]
+        keep = scores >= self.score_thresh
+        rows, scores, labels = candidates[keep], scores[keep].astype(np.float32), self.category_ids[best[keep]]
+        centres = (raw[rows, :2] + cells[rows]) * strides[rows]
+        half_sizes = np.exp(raw[rows, 2:4]) * strides[rows] / 2
+        boxes = np.concatenate([centres - half_sizes, centres + half_sizes], axis=1) / scale
+        boxes = boxes.clip(0, [width, height, width, height]).astype(np.float32)
+        kept = torchvision.ops.batched_nms(*map(torch.from_numpy, (boxes, scores, labels)), YOLOX_NMS_IOU).numpy()
+        return Detections(boxes[kept], scores[kept], labels[kept])
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "weights": str(self.path.relative_to(REPO_ROOT) if self.path.is_relative_to(REPO_ROOT) else self.path),
+            "size": self.size if isinstance(self.size, int) else list(self.size),
+            "classes": None if self.class_columns is None else self.category_ids.tolist(),
+            "score_thresh": self.score_thresh,
+            "nms_iou": YOLOX_NMS_IOU,
+            "providers": self.session.get_providers(),
+        }
+
+
+######################################################################################################################
 
 
 def build_detector(
@@ -528,7 +762,8 @@ def build_detector(
 ) -> Detector:
     """The detector called `name` (one of DETECTORS); options go to the implementation (sizes, proposals...).
 
-    quantized: a model saved by quantise.py (a .pt artefact for torchvision detectors, a .onnx for ssdlite_person).
+    quantized: a model saved by quantise.py (a .pt artefact for torchvision detectors, a .onnx for ssdlite_person and
+    yolox_nano). yolox_nano's options: size (long side or (width, height)), classes (COCO ids; None: all 80).
     onnx: a torchvision detector exported by utils.onnx_export (its model comes from the JSON beside it; `name`,
     `weights` and options do not apply). engine: the same for a TensorRT engine built by tensorrt_convert.py (CUDA).
     """
@@ -539,12 +774,17 @@ def build_detector(
     if quantized is not None:
         if name == "ssdlite_person":
             return OnnxSSDLitePersonDetector(quantized, device=device, threads=threads, score_thresh=score_thresh)
+        if name == "yolox_nano":
+            return OnnxYoloxDetector(quantized, device=device, threads=threads, score_thresh=score_thresh, **options)
         if torch.device(device).type != "cpu":
             raise UserError("quantised INT8 detectors run on the CPU: use --device cpu")
         return load_quantized_detector(quantized, name, score_thresh=score_thresh, **options)
     if name == "ssdlite_person":
         path = SSDLITE_PERSON_PATH if weights.upper() == "DEFAULT" else Path(weights)
         return OnnxSSDLitePersonDetector(path, device=device, threads=threads, score_thresh=score_thresh)
+    if name == "yolox_nano":
+        path = YOLOX_NANO_PATH if weights.upper() == "DEFAULT" else Path(weights)
+        return OnnxYoloxDetector(path, device=device, threads=threads, score_thresh=score_thresh, **options)
     if name in TORCHVISION_DETECTORS:
         return TorchvisionDetector(name, weights, device=device, score_thresh=score_thresh, **options)
     raise UserError(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")

@@ -39,6 +39,10 @@ MAX_MESSAGE_BYTES = 64 * 1024  # a message with 300 detections is about 25 KB; m
 MAX_FRAME_BYTES = 1024 * 1024  # a downscaled JPEG is 10-40 KB
 MAX_DETECTIONS = 300
 PAHO_QUEUE = 1000  # QoS 1/2 messages paho holds until acknowledged: a broker that never acks cannot fill memory
+# Publisher.close() waits this long for the last acknowledgements: a local broker answers in milliseconds, a remote one
+# over a slow link in a few hundred; a broker that is gone costs a stop this much at most
+CLOSE_TIMEOUT_S = 3.0
+SUBSCRIBER_QUIET_S = 0.3  # close_subscriber(): a broker passes a message on within milliseconds; this long silent = all in
 CAMERA_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # it names a topic level and an HTML id: no '/', '+', '#', quotes
 # Field -> allowed types, for every message; the README's schema table lists the same fields.
 FIELDS: dict[str, tuple[type, ...]] = {
@@ -228,10 +232,39 @@ class EmbeddedBroker:
             raise UserError(f"the embedded MQTT broker did not start on {self.host}:{self.port}: {failure[0] if failure else 'timeout'}")
         return self
 
-    def stop(self) -> None:
-        """Shut the broker down (clients see their connection drop) and end its thread."""
+    def undelivered(self) -> int:
+        """Messages the broker holds and has not yet handed on: waiting to be broadcast, being sent, or sent at QoS >= 1
+        to a subscriber that has not acknowledged them. Reads amqtt's internals (pinned in requirements.txt)."""
+        broker = self._broker
+        if broker is None:
+            return 0
+        count = broker._broadcast_queue.qsize() + sum(not task.done() for task in broker._tasks_queue)
+        for session, _ in list(broker._sessions.values()):
+            count += session.delivered_message_queue.qsize() + len(session.inflight_out)
+        return count
+
+    def drain(self, timeout: float = CLOSE_TIMEOUT_S) -> int:
+        """Wait up to `timeout` s until the broker has handed on every message it holds; returns how many it still holds."""
+        if self._loop is None or self._thread is None:
+            return 0
+        deadline = time.monotonic() + timeout
+        while True:
+            held = asyncio.run_coroutine_threadsafe(self._count_undelivered(), self._loop).result(timeout=5)
+            if not held or time.monotonic() >= deadline:
+                return held
+            time.sleep(0.02)
+
+    async def _count_undelivered(self) -> int:
+        return self.undelivered()  # on the broker's own loop: its queues are not thread-safe
+
+    def stop(self, timeout: float = CLOSE_TIMEOUT_S) -> int:
+        """Let the broker hand on what it holds (up to `timeout` s), shut it down (clients see their connection drop)
+        and end its thread. Returns the number of messages it still held, lost with it (a warning says so)."""
         if self._thread is None or self._loop is None:
-            return
+            return 0
+        held = self.drain(timeout)
+        if held:
+            log.warning("embedded broker stopped with %d message(s) not yet delivered to its subscribers", held)
         try:
             asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop).result(timeout=10)
         except Exception as error:  # a broker that does not shut down cleanly is still stopped below
@@ -239,6 +272,7 @@ class EmbeddedBroker:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
         self._thread = None
+        return held
 
 
 def start_mosquitto(port: int) -> subprocess.Popen:
@@ -283,21 +317,36 @@ def make_client(options: BrokerOptions, client_id: str = "", min_delay: float = 
 
 class Publisher:
     """Publishes through a broker that may come and go: connects in the background, reconnects with backoff, and
-    keeps at most buffer_size messages while disconnected (oldest dropped first, counted in `dropped`)."""
+    keeps at most buffer_size messages while disconnected (oldest dropped first, counted in `dropped`).
+
+    Every message handed to publish() is followed until it has left for good: a QoS >= 1 message once the broker
+    acknowledged it (PUBACK/PUBCOMP, paho's on_publish), a QoS 0 message once paho wrote it to the socket. close()
+    waits for that, and what never got there is counted in `unacknowledged`: published = delivered + dropped +
+    unacknowledged, so a summary can say exactly what was lost.
+    """
 
     def __init__(self, options: BrokerOptions, client_id: str = "", buffer_size: int = 100, keepalive: int = 5) -> None:
         self.buffer: collections.deque[tuple[str, bytes, int, bool]] = collections.deque()
         self.buffer_size = buffer_size
-        self.dropped = 0  # messages lost to a full buffer
+        self.published = 0  # messages handed to publish()
+        self.delivered = 0  # acknowledged by the broker (QoS >= 1) or written to it (QoS 0)
+        self.dropped = 0  # lost to a full buffer or paho's full queue
+        self.unacknowledged = 0  # lost with a connection (QoS 0 not yet written) or still unacknowledged at close()
         self.connections = 0  # successful connections: more than 1 means it reconnected
         self.disconnections = 0
         self.connected = threading.Event()
+        self._pending: dict[int, int] = {}  # mid -> QoS of the messages handed to paho and not yet out
         self._lock = threading.Lock()
+        # paho calls on_publish holding its own message lock, which client.publish() takes too: on_publish therefore only
+        # notes the mid under a lock of its own, and _settle() matches the notes later (else the two threads deadlock)
+        self._out: list[int] = []
+        self._out_lock = threading.Lock()
         self._closing = False
         self.client = make_client(options, client_id)
         self.client.max_queued_messages_set(PAHO_QUEUE)  # paho's own queue (QoS>0 awaiting acks) is bounded too
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.client.on_publish = self._on_publish
         self.client.connect_async(options.host, options.port, keepalive=keepalive)
         self.client.loop_start()  # the loop thread retries the first connection as well as later ones
 
@@ -307,6 +356,7 @@ class Publisher:
             return
         with self._lock:
             self.connections += 1
+            self._forget_unwritten_qos0()
             if self.connections > 1:
                 log.warning("reconnected to the broker; sending %d buffered message(s)", len(self.buffer))
             self.connected.set()
@@ -319,11 +369,34 @@ class Publisher:
             log.warning("lost the broker (%s); reconnecting with backoff, buffering up to %d messages", reason, self.buffer_size)
         self.connected.clear()
 
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        with self._out_lock:
+            self._out.append(mid)
+
+    def _settle(self) -> None:
+        """Count the messages paho reported out since the last call (caller holds self._lock)."""
+        with self._out_lock:
+            out, self._out = self._out, []
+        for mid in out:
+            if self._pending.pop(mid, None) is not None:
+                self.delivered += 1
+
+    def _forget_unwritten_qos0(self) -> None:
+        """paho empties its write queue when it reconnects: a QoS 0 message still in it is gone (QoS >= 1 ones are
+        resent by paho from its own store, so they stay pending). Caller holds self._lock."""
+        self._settle()
+        lost = [mid for mid, qos in self._pending.items() if qos == 0]
+        for mid in lost:
+            del self._pending[mid]
+        self.unacknowledged += len(lost)
+
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         info = self.client.publish(topic, payload, qos=qos, retain=retain)
-        if info.rc == mqtt.MQTT_ERR_NO_CONN:
+        if info.rc == mqtt.MQTT_ERR_NO_CONN and qos == 0:  # paho keeps only QoS >= 1 messages while disconnected
             self._buffer((topic, payload, qos, retain))
-        elif info.rc != mqtt.MQTT_ERR_SUCCESS:  # MQTT_ERR_QUEUE_SIZE: paho's own bound reached
+        elif info.rc in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN at QoS >= 1: paho sends it on reconnection
+            self._pending[info.mid] = qos
+        else:  # MQTT_ERR_QUEUE_SIZE: paho's own bound reached
             self.dropped += 1
 
     def _buffer(self, message: tuple[str, bytes, int, bool]) -> None:
@@ -335,31 +408,50 @@ class Publisher:
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
         """Send now if connected, else buffer; never blocks on the network, never raises for a missing broker."""
         with self._lock:
+            self.published += 1
             if self.connected.is_set():
                 self._send(topic, payload, qos, retain)
             else:
                 self._buffer((topic, payload, qos, retain))
 
-    def close(self, timeout: float = 2.0) -> None:
-        """Give queued messages up to `timeout` s to leave, then disconnect."""
-        deadline = threading.Event()
-        if self.connected.is_set():
-            for _ in range(int(timeout / 0.05)):
-                if not self.client.want_write() and not self.buffer:
-                    break
-                deadline.wait(0.05)
-        self._closing = True
+    def outstanding(self) -> int:
+        """Messages not yet out: buffered while disconnected, or handed to paho and not yet acknowledged/written."""
+        with self._lock:
+            self._settle()
+            return len(self.buffer) + len(self._pending)
+
+    def close(self, timeout: float = CLOSE_TIMEOUT_S) -> int:
+        """Wait up to `timeout` s until every message is out (see the class docstring), then disconnect. Returns how
+        many were still not acknowledged (also added to `unacknowledged`)."""
+        deadline = time.monotonic() + timeout
+        while self.outstanding() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with self._lock:
+            self._settle()
+            left = len(self.buffer) + len(self._pending)
+            self._closing = True
+            self.unacknowledged += left
+            self._pending.clear()
+            self.buffer.clear()
         self.client.disconnect()
         self.client.loop_stop()
+        if left:
+            log.warning("%d message(s) not acknowledged by the broker within %.1f s of the stop: lost", left, timeout)
+        return left
 
 
 def subscribe(
     options: BrokerOptions, topics: list[str], on_message: Callable[[str, bytes], None], client_id: str = "", qos: int = 1
 ) -> mqtt.Client:
     """A started paho client that subscribes to `topics` on every (re)connection and calls on_message(topic, payload);
-    its `subscribed` event is set once the broker has acknowledged the subscription."""
+    its `subscribed` event is set once the broker has acknowledged the subscription. Stop it with close_subscriber()."""
     client = make_client(options, client_id)
     client.subscribed = threading.Event()  # type: ignore[attr-defined]
+    client.last_message_at = time.monotonic()  # type: ignore[attr-defined]
+
+    def deliver(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        client.last_message_at = time.monotonic()  # type: ignore[attr-defined]
+        on_message(message.topic, message.payload)
 
     def on_connect(client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         if not reason.is_failure:
@@ -368,7 +460,17 @@ def subscribe(
     client.on_connect = on_connect
     client.on_subscribe = lambda *_: client.subscribed.set()
     client.on_disconnect = lambda *_: client.subscribed.clear()
-    client.on_message = lambda client, userdata, message: on_message(message.topic, message.payload)
+    client.on_message = deliver
     client.connect_async(options.host, options.port, keepalive=5)
     client.loop_start()
     return client
+
+
+def close_subscriber(client: mqtt.Client, quiet_s: float = SUBSCRIBER_QUIET_S, timeout: float = CLOSE_TIMEOUT_S) -> None:
+    """Disconnect a subscribe() client once nothing has arrived for `quiet_s` (at most `timeout` s): messages the
+    broker was still sending when the publishers stopped are received, not cut off by the disconnection."""
+    deadline = time.monotonic() + timeout
+    while client.is_connected() and time.monotonic() < deadline and time.monotonic() - client.last_message_at < quiet_s:
+        time.sleep(0.02)
+    client.disconnect()
+    client.loop_stop()
