@@ -11,10 +11,12 @@ Torchvision detectors without pretrained weights (offline) get "not measured: no
 
 Schemes (--scheme, or all that the model offers):
 - dynamic: INT8 weights, activations quantised per call, for Linear layers (detector box head, ViT blocks; for
-  efficientnet_lite0 only its classifier layer) -- ONNX Runtime quantize_dynamic for ONNX models;
+  efficientnet_lite0 only its classifier layer) -- ONNX Runtime quantize_dynamic for ssdlite_person (not offered for
+  yolox_nano: ORT's dynamic convs have per-tensor weights only, which it does not survive; SCHEMES);
 - static: post-training INT8 with calibration on real frames (--calib-frames), FX graph mode (why FX and not PT2E,
   and every observer choice with its evidence: utils/quantization.py); detectors: backbone + FPN + RPN head static,
-  box head dynamic -- ONNX Runtime QDQ static for ONNX models;
+  box head dynamic -- ONNX Runtime QDQ static for the ONNX detectors, calibrated on the very input each detector feeds
+  its session (ssdlite's depthwise convs stay float; every conv of yolox_nano is INT8: onnx_float_nodes);
 - bf16 / fp16: autocast of the FP32 model to bfloat16 / float16 on --device: bf16 on the CPU or on CUDA, fp16 on CUDA
   only (on a CPU-only machine its row says why it was skipped). INT8 always runs on the CPU.
 Every speed-up is against FP32 on the row's own device: when a scheme runs on the GPU, FP32 is measured there too
@@ -25,14 +27,21 @@ Run:
     python quantise.py --model efficientnet_lite0 --backend fbgemm --scheme all
     python quantise.py --model efficientnet_lite0 --scheme fp16 --device cuda   # FP16 against FP32, both on the GPU
     python quantise.py --model ssdlite_person --scheme all                # ONNX Runtime INT8 of the bundled detector
+    python quantise.py --model yolox_nano                                 # ONNX Runtime static INT8 of bundled YOLOX-nano
     python quantise.py --model dinov2_vits14 --scheme dynamic             # torch.hub: needs internet the first time
     python video_main_person.py --detector fasterrcnn_resnet50_fpn --quantized runs/quantise/fasterrcnn_resnet50_fpn-static.pt
+    python video_main_person.py --detector yolox_nano --quantized runs/quantise/yolox_nano-static.onnx
 Writes to --out: one artefact per scheme, results.json, quantise.png (latency vs accuracy, size).
 
 Measured (benchmarks/bench_quantise.py; 2-core AMD EPYC Zen 3, AVX2 without VNNI, 2 threads, fbgemm):
 efficientnet_lite0 static INT8 1.37-1.52x faster at batch 1, top-1 0.89 -> 0.89 on the ImageNet samples;
 fasterrcnn_resnet50_fpn at 240x427 static INT8 1.64x (430 -> 263 ms); ssdlite_person ONNX Runtime static INT8 1.28x,
 AP@0.5 0.823 -> 0.806.
+yolox_nano (quantise.py --model yolox_nano; 2-core AMD EPYC Zen 5, AVX-512 VNNI, 2 threads, shared): static INT8 keeps
+AP@0.5 (0.740 -> 0.744; AP@0.5:0.95 0.313 -> 0.280) at a third of the size (3.5 -> 1.2 MB) but is NOT faster: 0.67x at
+batch 1, 0.97x at batch 4 (1 thread, interleaved: 0.89x, 0.95x). Its convs do run 1.55x faster (ORT profile, 1 thread:
+3.7 -> 2.4 ms), but each of its 104 SiLUs, one fused vectorised QuickGelu in FP32 (1.1 ms in all), becomes a table
+QLinearSigmoid plus a QLinearMul in INT8 (3.2 ms in all).
 """
 
 from __future__ import annotations
@@ -55,7 +64,18 @@ import torch
 from tqdm import tqdm
 
 from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, set_threads
-from utils.detectors import REPO_ROOT, SSDLITE_PERSON_PATH, TORCHVISION_DETECTORS, TorchvisionDetector, build_detector, resolve_weights
+from utils.detectors import (
+    REPO_ROOT,
+    SSDLITE_PERSON_PATH,
+    TORCHVISION_DETECTORS,
+    YOLOX_NANO_PATH,
+    OnnxSSDLitePersonDetector,
+    OnnxYoloxDetector,
+    TorchvisionDetector,
+    build_detector,
+    load_yolox_model,
+    resolve_weights,
+)
 from utils.metrics import box_iou
 from utils.quantization import (
     ENGINES,
@@ -72,7 +92,8 @@ from utils.timing import device_name, time_calls
 from utils.video import read_spread_frames
 
 CLASSIFIERS = ("efficientnet_lite0", "dinov2_vits14")
-MODELS = (*TORCHVISION_DETECTORS, *CLASSIFIERS, "ssdlite_person")
+ONNX_DETECTORS = {"ssdlite_person": SSDLITE_PERSON_PATH, "yolox_nano": YOLOX_NANO_PATH}  # bundled, quantised by ONNX Runtime
+MODELS = (*TORCHVISION_DETECTORS, *CLASSIFIERS, *ONNX_DETECTORS)
 SCHEMES = {  # what each kind of model offers, in report order; fp32 is always measured first as the baseline
     "detector": ("dynamic", "static", "bf16", "fp16"),
     "efficientnet_lite0": ("dynamic", "static", "bf16", "fp16"),
@@ -80,6 +101,9 @@ SCHEMES = {  # what each kind of model offers, in report order; fp32 is always m
     # softmax and LayerNorms would run in float between a quantise/dequantise pair per op
     "dinov2_vits14": ("dynamic", "bf16", "fp16"),
     "onnx": ("dynamic", "static"),
+    # no dynamic for YOLOX: ORT's dynamic Conv (ConvInteger) has per-tensor weights only, which the BN-folded convs do
+    # not survive (TUD-Campus AP@0.5 0.740 -> 0.000, as static with per-tensor weights), at 5x the FP32 latency
+    "yolox_nano": ("static",),
 }
 EVAL_SEQUENCE = REPO_ROOT / "assets" / "data" / "TUD-Campus"  # MOT15 frames with person gt: detector accuracy
 CALIB_VIDEO = REPO_ROOT / "assets" / "videos" / "one-by-one-person-detection.mp4"  # another scene: no test-set calibration
@@ -87,6 +111,11 @@ LATENCY_SIZE = (427, 240)  # detectors are timed at video_main_person.py's worki
 # static calibration set sizes: ssdlite's AP@0.5 drop was 2.4 points with 32 frames, 1.7 with 96 (ORT calibrates
 # 96 frames in seconds); a Faster R-CNN frame costs ~0.5 s, and its 32 frames already cover the clip's variety
 CALIB_FRAMES = {"detector": 32, "onnx": 96, "classifier": 200}
+CALIB_CHUNK = 8  # calibration frames ONNX Runtime holds the activations of at once (make_onnx_artefact)
+PER_CHANNEL_OPSET = 13  # the first ONNX opset whose QuantizeLinear/DequantizeLinear take an axis (per-channel scales)
+# static INT8 activation calibration (--observer) per ONNX detector, the one that lost less AP@0.5 (evidence:
+# get_args_parser, onnx_float_nodes); torch models use histogram (utils/quantization.py)
+ONNX_OBSERVER = {"ssdlite_person": "minmax", "yolox_nano": "histogram"}
 AP_SCORE_FLOOR = 0.05  # AP needs the low-score tail; agreement uses each detector's own threshold
 NOT_MEASURED = "not measured: no pretrained weights"
 INT8_SCHEMES = ("dynamic", "static")  # eager/FX INT8 kernels (fbgemm, x86, qnnpack, onednn) and ONNX Runtime's: CPU only
@@ -96,16 +125,21 @@ AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}  # run-time casts of 
 def model_kind(name: str) -> str:
     if name in TORCHVISION_DETECTORS:
         return "detector"
-    if name == "ssdlite_person":
+    if name in ONNX_DETECTORS:
         return "onnx"
     if name in CLASSIFIERS:
         return name
     raise UserError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
 
 
+def detector_class(name: str) -> type:
+    """The utils.detectors class that runs detector `name` (its default_score_thresh is the floor agreement uses)."""
+    return {"ssdlite_person": OnnxSSDLitePersonDetector, "yolox_nano": OnnxYoloxDetector}.get(name, TorchvisionDetector)
+
+
 def resolve_schemes(name: str, scheme: str) -> list[str]:
     """The schemes to run for a model: 'all' -> every one it offers; one it does not offer is a UserError."""
-    offered = SCHEMES[model_kind(name)]
+    offered = SCHEMES.get(name) or SCHEMES[model_kind(name)]
     if scheme == "all":
         return list(offered)
     if scheme not in offered:
@@ -224,7 +258,7 @@ def make_artefact(name: str, scheme: str, args: argparse.Namespace, out: Path, f
     if scheme in AUTOCAST:
         return fp32_artefact, {}
     if kind == "onnx":
-        path = make_onnx_artefact(scheme, args, out)
+        path = make_onnx_artefact(name, scheme, args, out)
         return path, count_onnx_quantized(path)
     meta = {"model": name, "scheme": scheme, "backend": args.backend}
     path = out / f"{name}-{scheme}.pt"
@@ -256,10 +290,10 @@ def make_artefact(name: str, scheme: str, args: argparse.Namespace, out: Path, f
     return save_artefact(path, model, meta), count_quantized(model)
 
 
-def make_onnx_artefact(scheme: str, args: argparse.Namespace, out: Path) -> Path:
-    """ONNX Runtime INT8 of the bundled SSDLite: dynamic (weights only) or static QDQ calibrated on real frames."""
-    if scheme == "fp32":
-        return SSDLITE_PERSON_PATH
+def make_onnx_artefact(name: str, scheme: str, args: argparse.Namespace, out: Path) -> Path:
+    """ONNX Runtime INT8 of a bundled ONNX detector: dynamic (weights only) or static QDQ calibrated on real frames."""
+    if scheme == "fp32":  # the file the detector loads by default
+        return ONNX_DETECTORS[name]
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -270,37 +304,90 @@ def make_onnx_artefact(scheme: str, args: argparse.Namespace, out: Path) -> Path
         quantize_static,
     )
 
-    prepared = out / "ssdlite_person-preprocessed.onnx"
+    prepared = out / f"{name}-preprocessed.onnx"
     if not prepared.is_file():  # shape inference + graph clean-up, as ONNX Runtime recommends before quantising
-        quant_pre_process(str(SSDLITE_PERSON_PATH), str(prepared), skip_symbolic_shape=True)
-    path = out / f"ssdlite_person-{scheme}.onnx"
+        quant_pre_process(str(onnx_float_model(name, out)), str(prepared), skip_symbolic_shape=True)
+    path = out / f"{name}-{scheme}.onnx"
     if scheme == "dynamic":
         quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
         return path
-    frames = read_spread_frames(args.calib, args.calib_frames)
+    feeds = onnx_calibration_feeds(name, read_spread_frames(args.calib, args.calib_frames))
+    # ONNX Runtime keeps every activation of every frame it is given at once (~85 MB a yolox_nano frame: 192 frames
+    # passed 16 GB), so it gets them in chunks: the most frames up to CALIB_CHUNK that divide the count (it requires that)
+    chunk = max(size for size in range(1, CALIB_CHUNK + 1) if len(feeds) % size == 0)
+    progress = tqdm(total=len(feeds), desc="calibrating", leave=False)
 
     class Frames(CalibrationDataReader):
         def __init__(self) -> None:
-            self.feeds = iter(tqdm([{"image_tensor:0": frame[None]} for frame in frames], desc="calibrating", leave=False))
+            self.feeds = iter(feeds)
+
+        def __len__(self) -> int:
+            return len(feeds)
+
+        def set_range(self, start_index: int, end_index: int) -> None:
+            self.feeds = iter(feeds[start_index:end_index])
 
         def get_next(self) -> dict | None:
-            return next(self.feeds, None)
-
-    import onnx
+            feed = next(self.feeds, None)
+            progress.update(feed is not None)
+            return feed
 
     method = {"histogram": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax}[args.observer]
-    # depthwise convs stay float: on TUD-Campus AP@0.5 drops 2.8 points with them INT8, 2.0-2.4 without (32 frames,
-    # AP@0.5:0.95 unchanged); 7-bit weights (reduce_range) for the AVX2 16-bit overflow; per-channel weights
-    depthwise = [
-        node.name
-        for node in onnx.load(str(prepared)).graph.node
-        if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)
-    ]
-    quantize_static(
-        str(prepared), str(path), Frames(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=depthwise,
-    )  # fmt: skip
+    # per-channel weights; 7-bit weights (reduce_range) for the AVX2 16-bit overflow (u8s8 without VNNI saturates);
+    # CalibStridedMinMax hands ORT the frames chunk by chunk, whatever the calibration method
+    with contextlib.redirect_stdout(sys.stderr):  # the percentile calibrator prints its progress: stdout is the table's
+        quantize_static(
+            str(prepared), str(path), Frames(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
+            nodes_to_exclude=onnx_float_nodes(name, prepared), extra_options={"CalibStridedMinMax": chunk},
+        )  # fmt: skip
+    progress.close()
     return path
+
+
+def onnx_float_model(name: str, out: Path) -> Path:
+    """The float graph to quantise. ssdlite_person: its bundled file. yolox_nano: the graph OnnxYoloxDetector runs,
+    not the file on disk (whose fixed 1x3x416x416 dims and [1, 85, -1] Reshapes do not batch), saved in `out`, at
+    opset 13 at least: per-channel QuantizeLinear/DequantizeLinear (their axis) need it, the export is opset 11."""
+    if name == "ssdlite_person":
+        return SSDLITE_PERSON_PATH
+    import onnx
+    from onnx import version_converter
+
+    model = load_yolox_model(YOLOX_NANO_PATH)
+    opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    if opset < PER_CHANNEL_OPSET:
+        model = version_converter.convert_version(model, PER_CHANNEL_OPSET)
+    path = out / f"{name}-float.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def onnx_calibration_feeds(name: str, frames: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """What the detector feeds its session, one RGB frame a batch: calibration must see the input it will get.
+    ssdlite_person takes the uint8 frame itself; yolox_nano OnnxYoloxDetector.preprocess()'s letterboxed float BGR."""
+    if name == "ssdlite_person":
+        return [{"image_tensor:0": frame[None]} for frame in frames]
+    detector = build_detector(name)
+    return [{detector.input_name: detector.preprocess([frame])[0]} for frame in frames]
+
+
+def onnx_float_nodes(name: str, prepared: Path) -> list[str]:
+    """The nodes that static INT8 leaves in float, with the evidence (TUD-Campus person AP@0.5, all 71 frames)."""
+    import onnx
+
+    nodes = onnx.load(str(prepared)).graph.node
+    if name == "ssdlite_person":
+        # depthwise convs stay float: AP@0.5 drops 2.8 points with them INT8, 2.0-2.4 without (32 frames, AP@0.5:0.95
+        # unchanged)
+        return [node.name for node in nodes if node.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in node.attribute)]
+    # yolox_nano: nothing. FP32 0.740; static INT8, 96 frames: minmax 0.721 (-1.9 points; 32 frames 0.727), with the 9
+    # prediction convs (cls/reg/obj) float 0.719, with the whole head float 0.738 (AP@0.5:0.95 0.275 against 0.313);
+    # percentile (the default here, --observer) 0.744-0.749 (32 frames 0.745), with the prediction convs float 0.745:
+    # no gain from a float head once the activations' long tails no longer set the scales. Full 8-bit weights (no
+    # reduce_range) 0.768 on this VNNI machine, but 7-bit weights stay for AVX2 without VNNI. Per-tensor weights 0.000;
+    # depthwise convs float, ssdlite's recipe, 0.04-0.20.
+    return []
 
 
 def count_onnx_quantized(path: Path) -> dict[str, int]:
@@ -620,14 +707,15 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=number(int, 1),
         default=None,
         help="calibration frames (detectors, from --calib) or Tiny-ImageNet train images (classifiers) "
-        "(default: 32 torchvision detectors, 96 ssdlite_person, 200 classifiers)",
+        "(default: 32 torchvision detectors, 96 ssdlite_person and yolox_nano, 200 classifiers)",
     )
     parser.add_argument(
         "--observer",
         default=None,
         choices=OBSERVERS,
-        help="activation calibration for static INT8 (default: histogram for torch models, minmax for ONNX Runtime: "
-        "ssdlite AP@0.5 drop 1.75 points with minmax, 2.3 with percentile, 96 frames)",
+        help="activation calibration for static INT8 (default: histogram (ONNX Runtime: percentile) for torch models and "
+        "yolox_nano, minmax for ssdlite_person; AP@0.5 drop, 96 frames: ssdlite 1.75 points with minmax, 2.3 with "
+        "percentile; yolox_nano 1.9 points with minmax, none (0.740 -> 0.744) with percentile)",
     )
     parser.add_argument("--proposals", type=number(int, 1), default=100, help="RPN proposals per frame (torchvision detectors)")
     parser.add_argument(
@@ -655,7 +743,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     kind = model_kind(args.model)
     if args.observer is None:
-        args.observer = "minmax" if kind == "onnx" else "histogram"
+        args.observer = ONNX_OBSERVER.get(args.model, "histogram")
     if args.calib_frames is None:
         args.calib_frames = CALIB_FRAMES.get(kind, CALIB_FRAMES["classifier"])
     if args.quick:
@@ -713,7 +801,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         elif pretrained:
             row["accuracy"] = detection_ap(predictions, gt_boxes)
             if reference is not None:
-                threshold = 0.4 if kind == "onnx" else 0.5  # each detector's own default confidence floor
+                threshold = detector_class(args.model).default_score_thresh  # each detector's own confidence floor
                 row["accuracy"].update(detection_agreement(reference, predictions, threshold, (640, 480)))
         else:
             row["accuracy"] = dict.fromkeys(("ap50", "ap", "matched_iou", "score_drift", "same_main_person"), NOT_MEASURED)

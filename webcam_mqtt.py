@@ -1,7 +1,8 @@
 """Detect people in a webcam (or any video) stream and publish the results over MQTT, one JSON message per frame.
 
 Works with nothing installed: by default an MQTT broker runs inside this process (amqtt, 127.0.0.1:1883), the bundled
-pretrained ssdlite_person detector runs offline, and web_server.py shows the results live in a browser.
+pretrained YOLOX-nano detector (COCO: every class goes into the message) runs offline, and web_server.py shows the
+results live in a browser.
 
 Run:
     python webcam_mqtt.py                                                   # first camera that opens, embedded broker
@@ -54,7 +55,7 @@ from utils.timing import summarize
 from utils.video import MAX_PIXELS, Letterbox, ThreadedReader, VideoSource
 
 CAMERA_INDICES = range(4)  # what "no --source" tries, then every /dev/video* device
-DETECTOR_HEIGHT = 240  # frames taller than this are shrunk before the detector (ssdlite works at 300x300 anyway)
+DETECTOR_HEIGHT = 240  # frames taller than this are shrunk before the detector: video_main_person's tuned --detector-size
 JPEG_QUALITY = 70  # --publish-frames: about 15 KB for 427x240, enough to see the boxes on
 COCO_NAMES = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]  # COCO id -> name (metadata only, no download)
 

@@ -110,7 +110,7 @@ def bench_ssdlite(args: argparse.Namespace) -> dict:
         options = argparse.Namespace(
             calib=str(quantise.CALIB_VIDEO), calib_frames=args.calib_frames or quantise.CALIB_FRAMES["onnx"], observer=args.observer
         )
-        path = quantise.make_onnx_artefact("static", options, Path(folder))
+        path = quantise.make_onnx_artefact("ssdlite_person", "static", options, Path(folder))
         fp32 = OnnxSSDLitePersonDetector(threads=args.threads, score_thresh=quantise.AP_SCORE_FLOOR)
         int8 = OnnxSSDLitePersonDetector(path, threads=args.threads, score_thresh=quantise.AP_SCORE_FLOOR)
         aps = {}

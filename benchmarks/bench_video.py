@@ -10,11 +10,18 @@ model finds nobody, so it is reported as null.
 
 The INT8 pipeline (video_main_person.py --quantized, quantise.py's static recipe, built on the spot from the same
 weights unless --quantized names an artefact) is timed in the same run, so its speed-up is a same-run ratio too.
+So are the bundled pretrained ONNX detectors in the same pipeline (video_main_person.py --detector ssdlite_person,
+--detector yolox_nano); yolox_nano's agreement with the reference is null unless the reference is pretrained too.
 
 Run:
     python benchmarks/bench_video.py --max-frames 20
     python benchmarks/bench_video.py --ablation      # per-frame time of each latency lever, one at a time
-Last line: {"reference_fps": ..., "pipeline_fps": ..., "speedup": ..., "speedup_int8": ..., "agreement": ..., ...}
+Last line: {"reference_fps": ..., "pipeline_fps": ..., "speedup": ..., "speedup_int8": ..., "agreement": ...,
+            "yolox_nano_fps": ..., "speedup_yolox_nano": ..., ...}
+Measured (defaults: 20 frames of tud-campus.mp4, 640x480; offline, so random Faster R-CNN weights; 2 threads, batch 4;
+2-core AMD EPYC Zen 5, AVX-512, shared with other jobs; two runs), FPS end to end and x reference:
+reference 0.15-0.19; fasterrcnn_resnet50_fpn 1.96-3.30 (12.8-17.5x); its --quantized INT8 8.0 (42.7-52.2x);
+ssdlite_person 59.9-61.9 (328-391x); yolox_nano 96.0-102.0 (541-627x).
 """
 
 from __future__ import annotations
@@ -209,14 +216,20 @@ def main(args: argparse.Namespace) -> dict:
         if quantized is not None:
             int8, int8_boxes = run_pipeline(args.source, MODEL, weights, *common, Path(workdir) / "int8", quantized=Path(quantized))
         ssdlite, _ = run_pipeline(args.source, "ssdlite_person", "DEFAULT", *common, Path(workdir) / "ssdlite")
+        yolox, yolox_boxes = run_pipeline(args.source, "yolox_nano", "DEFAULT", *common, Path(workdir) / "yolox_nano")
         levers = ablation(frames[: args.ablation_frames], weights, args.ablation_repeats) if args.ablation else []
     agree = agreement(reference_boxes, pipeline_boxes) if pretrained else None
+    yolox_agree = agreement(reference_boxes, yolox_boxes) if pretrained else None
     result = {
         "reference_fps": round(reference_fps, 3),
         "pipeline_fps": round(pipeline["fps_end_to_end"], 3),
         "speedup": round(pipeline["fps_end_to_end"] / reference_fps, 2),
         "agreement": None if agree is None else round(agree, 3),
         "ssdlite_person_fps": round(ssdlite["fps_end_to_end"], 2),
+        "yolox_nano_fps": round(yolox["fps_end_to_end"], 3),
+        "speedup_yolox_nano": round(yolox["fps_end_to_end"] / reference_fps, 2),
+        # its own pretrained COCO weights: agreement with the reference means something only when the reference has them too
+        "agreement_yolox_nano": None if yolox_agree is None else round(yolox_agree, 3),
         "pretrained_weights": pretrained,
         "frames": len(frames),
         "threads": threads,
@@ -234,6 +247,7 @@ def main(args: argparse.Namespace) -> dict:
         )
         rows.append((f"video_main_person.py {MODEL} --quantized", int8["fps_end_to_end"]))
     rows.append(("video_main_person.py ssdlite_person", ssdlite["fps_end_to_end"]))
+    rows.append(("video_main_person.py yolox_nano", yolox["fps_end_to_end"]))
     print(f"\n{'pipeline':<52}{'FPS':>8}{'x reference':>13}", file=sys.stderr)
     for label, fps in rows:
         print(f"{label:<52}{fps:>8.2f}{fps / reference_fps:>13.1f}", file=sys.stderr)

@@ -26,15 +26,14 @@ Run:
         yolox_nano@640 --threads 2 --out runs/eval_detection
     python benchmarks/eval_detection.py --sequences assets/data/TUD-Campus --max-frames 10   # quick mode
 Measured (2026-12-06, AMD EPYC 2-core x86 CPU, the second command: all 547 frames of TUD-Campus + mot-extra; the
-full table is in runs/eval_detection/report.md). The two cores were shared with other jobs (1-minute load 2.3 to 9.2),
-so ms/frame is inflated: read it as ratios, which held within 5% over two runs (the other, at lower load: 51.6, 22.1,
-34.7, 56.6, 80.0 ms). The scores are deterministic (identical in both runs).
-    mean of 6 sequences     AP50  recall  precision  ms/frame   (recall, precision at the default threshold, 0.4)
-    ssdlite_person         0.558   0.458      0.851      86.7
-    yolox_nano@320         0.660   0.583      0.906      36.9
-    yolox_nano@416         0.673   0.629      0.846      59.5
-    yolox_nano@512         0.690   0.662      0.841      93.0
-    yolox_nano@640         0.712   0.681      0.814     138.1
+full table is in reports/eval_detection/report.md). The two cores were shared with other jobs (1-minute load 2.8 to
+6.3), so ms/frame is inflated: read it as ratios (yolox_nano@320 at 0.43-0.46x ssdlite over three runs). Scores are deterministic.
+    mean of 6 sequences     AP50  recall  precision  ms/frame   (recall, precision at the default threshold:
+    ssdlite_person         0.558   0.458      0.851      44.1    ssdlite_person 0.4, yolox_nano 0.3, chosen on the
+    yolox_nano@320         0.660   0.615      0.843      20.4    tuning sequences by tune_main_person.py)
+    yolox_nano@416         0.673   0.654      0.780      30.5
+    yolox_nano@512         0.690   0.677      0.769      48.5
+    yolox_nano@640         0.712   0.697      0.750      73.7
     AP50                 TUD-Campus ADL-Rundle-6     MOT16-05     MOT17-09  PETS09-S2L1     Venice-2
     ssdlite_person            0.838        0.552        0.349        0.574        0.651        0.386
     yolox_nano@320            0.780        0.593        0.477        0.682        0.904        0.522

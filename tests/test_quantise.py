@@ -10,6 +10,8 @@ import subprocess
 import sys
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from conftest import REPO, TUD_CLIP
@@ -17,6 +19,8 @@ from conftest import REPO, TUD_CLIP
 import quantise
 import video_main_person
 from utils.cli import UserError
+from utils.detectors import build_detector
+from utils.metrics import box_iou
 
 NO_GPU = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # a CPU-only machine, also where a GPU is present
 
@@ -108,6 +112,67 @@ def test_ssdlite_onnx_runtime_int8_measures_ap_and_agreement(tmp_path):
 
 
 @pytest.mark.slow
+def test_yolox_int8_is_all_qdq_convs_scores_ap_and_loads_as_video_main_person_would(tmp_path):
+    results = run(tmp_path, "--model", "yolox_nano", "--calib-frames", "4", "--eval-frames", "6")
+    rows = {row["scheme"]: row for row in results["rows"]}
+    assert list(rows) == ["fp32", "static"]  # --scheme all: no dynamic row (quantise.SCHEMES says why)
+    fp32, static = rows["fp32"], rows["static"]
+    assert static["artefact"] == str(tmp_path / "out" / "yolox_nano-static.onnx")
+    assert static["size_mb"] < fp32["size_mb"] / 2  # INT8 weights: 3.7 MB -> 1.3 MB
+    assert static["quantised_layers"] == {"static Conv (QDQ)": 113}  # every conv of YOLOX-nano, the head's too
+    graph = onnx.load(static["artefact"]).graph
+    int8_weights = [tensor for tensor in graph.initializer if tensor.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= 113 and {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.node}
+    for row in (fp32, static):
+        assert 0.0 <= row["accuracy"]["ap"] <= row["accuracy"]["ap50"] <= 1.0
+    assert fp32["accuracy"]["ap50"] >= 0.5  # a real pretrained detector on real gt
+    assert abs(static["accuracy"]["ap50"] - fp32["accuracy"]["ap50"]) <= 0.15
+    assert static["accuracy"]["matched_iou"] >= 0.5  # 0.66 with 4 calibration frames; a broken INT8 model finds no one
+    # the artefact as `video_main_person.py --detector yolox_nano --quantized` loads it, on a batch of two frames
+    frames, gt_boxes = quantise.read_eval_frames(2)
+    int8 = build_detector("yolox_nano", quantized=static["artefact"], threads=2)
+    assert int8.describe()["weights"] == static["artefact"]
+    batched = [found.persons() for found in int8.detect(frames)]
+    for found, frame, gt in zip(batched, frames, gt_boxes, strict=True):
+        alone = int8.detect([frame])[0].persons()
+        np.testing.assert_allclose(found.boxes, alone.boxes, atol=1e-3)  # batching changes nothing
+        assert (box_iou(gt, found.boxes).max(axis=1) >= 0.5).sum() >= len(gt) // 2  # it finds the people
+
+
+def test_yolox_is_quantised_as_its_detector_runs_it_batchable_graph_and_preprocess_input(tmp_path):
+    float_path = quantise.onnx_float_model("yolox_nano", tmp_path)
+    assert float_path.parent == tmp_path
+    model = onnx.load(str(float_path))
+    assert model.opset_import[0].version >= quantise.PER_CHANNEL_OPSET  # per-channel QDQ needs the axis attribute
+    frames, _ = quantise.read_eval_frames(2)
+    detector = build_detector("yolox_nano", threads=2)
+    batch, _ = detector.preprocess(frames)
+    # the saved file itself batches, without load_yolox_session's patching: a raw-export copy gives (1, 2A, 85)
+    (raw,) = ort.InferenceSession(str(float_path), providers=["CPUExecutionProvider"]).run(None, {detector.input_name: batch})
+    (expected,) = detector.session.run(None, {detector.input_name: batch})
+    assert raw.shape == expected.shape == (2, expected.shape[1], 85)
+    np.testing.assert_allclose(raw, expected, rtol=1e-5, atol=1e-5)
+    # calibration feeds exactly what OnnxYoloxDetector.detect() feeds its session, frame by frame
+
+    class Recording:
+        def __init__(self, session) -> None:
+            self.session, self.fed = session, []
+
+        def run(self, names, feed):
+            self.fed.append(feed)
+            return self.session.run(names, feed)
+
+    detector.session = Recording(detector.session)
+    for frame in frames:
+        detector.detect([frame])
+    feeds = quantise.onnx_calibration_feeds("yolox_nano", frames)
+    assert [list(feed) for feed in feeds] == [list(fed) for fed in detector.session.fed] == [[detector.input_name]] * 2
+    for feed, fed in zip(feeds, detector.session.fed, strict=True):
+        assert feed[detector.input_name].dtype == np.float32
+        np.testing.assert_array_equal(feed[detector.input_name], fed[detector.input_name])
+
+
+@pytest.mark.slow
 def test_offline_detector_falls_back_to_random_weights_says_not_measured_and_its_int8_model_runs_in_video_main_person(
     tmp_path, offline, capsys
 ):
@@ -147,6 +212,7 @@ def test_offline_detector_falls_back_to_random_weights_says_not_measured_and_its
         (["--model", "yolo"], "unknown model 'yolo'"),
         (["--backend", "tensorrt"], "unknown backend 'tensorrt'"),
         (["--model", "dinov2_vits14", "--scheme", "static"], "not offered for dinov2_vits14"),
+        (["--model", "yolox_nano", "--scheme", "dynamic"], r"not offered for yolox_nano \(offered: static, all\)"),
         (["--model", "ssdlite_person", "--scheme", "static", "--calib", "nowhere.mp4"], "nowhere.mp4: no such file"),
     ],
 )

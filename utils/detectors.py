@@ -578,14 +578,10 @@ def _make_yolox_dynamic(model: Any, path: Path) -> None:
             tensor.CopyFrom(numpy_helper.from_array(np.array([0, YOLOX_OUTPUTS, -1], np.int64), tensor.name))
 
 
-def load_yolox_session(path: Path, threads: int | None = None, cuda: bool = False) -> Any:
-    """An onnxruntime.InferenceSession of the YOLOX model at `path` with free input/output dims (_make_yolox_dynamic).
-
-    threads: intra-op threads (None: onnxruntime's default, all cores). cuda: put the CUDA provider first where this
-    onnxruntime has it. A missing file, a file that is not ONNX or not YOLOX: a UserError of one line.
-    """
+def load_yolox_model(path: Path) -> Any:
+    """The YOLOX graph at `path` as an onnx.ModelProto with free batch, height, width and anchor dims (what the
+    detector runs and quantise.py quantises); a missing, non-ONNX or non-YOLOX file is a UserError of one line."""
     import onnx
-    import onnxruntime as ort
 
     if not path.is_file():
         raise UserError(f"{path}: no such YOLOX model (yolox_nano_416x416.onnx ships in assets/models)")
@@ -594,6 +590,18 @@ def load_yolox_session(path: Path, threads: int | None = None, cuda: bool = Fals
     except Exception as error:  # protobuf DecodeError and friends: all mean not an ONNX file
         raise UserError(f"{path} is not a loadable ONNX model ({type(error).__name__})") from None
     _make_yolox_dynamic(model, path)
+    return model
+
+
+def load_yolox_session(path: Path, threads: int | None = None, cuda: bool = False) -> Any:
+    """An onnxruntime.InferenceSession of the YOLOX model at `path` with free input/output dims (_make_yolox_dynamic).
+
+    threads: intra-op threads (None: onnxruntime's default, all cores). cuda: put the CUDA provider first where this
+    onnxruntime has it. A missing file, a file that is not ONNX or not YOLOX: a UserError of one line.
+    """
+    import onnxruntime as ort
+
+    model = load_yolox_model(path)
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
