@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import socket
@@ -78,6 +77,7 @@ from utils.cifar import (
 )
 from utils.cli import ArgumentParser, HelpFormatter, UserError, number, resolve_device, run_cli, seed_everything, set_threads
 from utils.timing import device_name
+from utils.training import save_checkpoint, warmup_cosine
 
 DATASETS = ("cifar100", "cifar10", "imagefolder")
 CROP_PADDING = 4  # the CIFAR recipe: pad 4 px, crop back to 32
@@ -212,17 +212,6 @@ def make_optimizer(model: nn.Module, params: dict[str, Any]) -> torch.optim.Opti
     return torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
 
 
-def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    warmup = max(1, round(total_steps * WARMUP_SHARE))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> dict[str, float]:
     """Top-1 and top-5 accuracy (top-k with k = min(5, classes)) of uint8 images, no augmentation."""
     model.eval()
@@ -254,7 +243,9 @@ def train(
     batch_size = min(params["batch_size"], count)
     steps_per_epoch = count // batch_size  # the last partial batch is dropped: a batch of 1 breaks batch norm
     optimizer = make_optimizer(model, params)
-    scheduler = warmup_cosine(optimizer, epochs * steps_per_epoch)
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = max(1, round(total_steps * WARMUP_SHARE))
+    scheduler = warmup_cosine(optimizer, warmup_steps, total_steps, floor=0.0, start_factor=1 / warmup_steps)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")  # fp16 autocast needs loss scaling
     loss_function = nn.CrossEntropyLoss(label_smoothing=params["label_smoothing"])
     for epoch in range(epochs):
@@ -517,18 +508,16 @@ def final_model(best: dict[str, Any], data: Data, args: argparse.Namespace, devi
     train_seconds = time.perf_counter() - started
     test = evaluate(model, test_set.images, test_set.labels, *stats)
     config = {"depth": best["depth"], "width": best["width"], "dropout": best["dropout"], "norm": args.norm, "activation": args.activation}
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "params": best,
-            "model_config": {**config, "classes": len(data.train.classes), "image_size": data.image_size},
-            "classes": data.train.classes,
-            "mean": data.mean,
-            "std": data.std,
-            "test": test,
-            "args": vars(args),
-        },
+    save_checkpoint(
         out / "model.pt",
+        model=model,
+        params=best,
+        model_config={**config, "classes": len(data.train.classes), "image_size": data.image_size},
+        classes=data.train.classes,
+        mean=data.mean,
+        std=data.std,
+        test=test,
+        args=args,
     )
     return {
         **test,

@@ -25,22 +25,21 @@ import io
 import os
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flask import Flask, Response, current_app, jsonify, request
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from werkzeug.exceptions import HTTPException
 
 from utils.cli import ArgumentParser, UserError, number, run_cli, set_threads
+from utils.video import ImageTooLargeError, read_rgb_image
 
 REPO_ROOT = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "models" / "balloon_maskrcnn_efficientnet_lite0.pt"
 MAX_UPLOAD_BYTES = 20 * 2**20  # a 12-megapixel phone JPEG is 3-8 MB; more is an error, not a slow request
 MAX_PIXELS = 40_000_000  # decoded size limit: a small file that decodes to gigabytes (a decompression bomb) is refused
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # PIL's 16/32-bit integer greyscale modes
 
 FORM = """<!doctype html>
 <html><head><meta charset="utf-8"><title>mask_api</title></head>
@@ -83,33 +82,15 @@ def read_upload() -> bytes:
 
 
 def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Bytes -> RGB uint8 (H, W, 3), EXIF orientation applied; greyscale, palette, RGBA (onto white), CMYK and 16-bit
-    converted. Not an image or truncated: 415; more than max_pixels: 413, checked before the pixels are decoded."""
+    """The upload through the project's one image reader (utils.video.read_rgb_image, as maskrcnn_train reads its
+    training images): RGB uint8, EXIF orientation applied, every colour mode converted. Over max_pixels: 413, from
+    the header, before decoding; not an image, truncated or corrupt: 415."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # our own limit below decides, quietly
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ApiError(413, f"image of {width}x{height} pixels: more than the {max_pixels:,} this API decodes")
-            image.load()  # a truncated file fails here, not later in the model
-            image = ImageOps.exif_transpose(image)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ApiError(413, f"image larger than the {max_pixels:,} pixels this API decodes") from None
-    except UnidentifiedImageError:
-        raise ApiError(415, "not a readable image (no image format recognised in the upload)") from None
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ApiError(415, f"not a readable image ({str(error).splitlines()[0][:120] or type(error).__name__})") from None
-    if image.mode in SIXTEEN_BIT_MODES:  # scale the full range to 8 bits; PIL's own convert('L') would clip at 255
-        pixels = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode != "I" or pixels.max() <= 65535 else float(pixels.max())
-        grey = np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=2)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, rgba)
-    return np.asarray(image.convert("RGB"))
+        return read_rgb_image(data, max_pixels)
+    except ImageTooLargeError as error:
+        raise ApiError(413, str(error)) from None
+    except UserError as error:
+        raise ApiError(415, str(error)) from None
 
 
 def score_threshold(default: float) -> float:

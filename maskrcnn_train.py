@@ -27,7 +27,6 @@ import argparse
 import contextlib
 import io
 import json
-import random
 import shlex
 import sys
 import time
@@ -51,8 +50,8 @@ from utils.maskrcnn import (
     save_checkpoint,
     state_size_bytes,
 )
-from utils.schedules import warmup_cosine
 from utils.timing import device_name, time_calls
+from utils.training import check_resume_flags, restore_rng_state, restore_states, rng_state, warmup_cosine
 
 # Flags that define what the checkpoint's model is: resuming with other values would train another model
 RUN_DEFINING_FLAGS = ("backbone", "trainable_layers", "min_size", "max_size", "optimizer")
@@ -161,14 +160,8 @@ def model_meta(args: argparse.Namespace, backbone: str, class_names: list[str], 
 # Checkpoints and resume
 
 
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
 def save_training_checkpoint(path: Path, run: dict[str, Any], args: argparse.Namespace, backbone: str, class_names: list[str]) -> None:
+    """checkpoint.pt: the model file's layout (utils.maskrcnn.load_checkpoint reads it) plus every training state."""
     training = {
         "optimizer": run["optimizer"].state_dict(),
         "scheduler": run["scheduler"].state_dict(),
@@ -181,33 +174,19 @@ def save_training_checkpoint(path: Path, run: dict[str, Any], args: argparse.Nam
     save_checkpoint(path, run["model"], model_meta(args, backbone, class_names), half=False, training=training)
 
 
-def flag_text(value: Any) -> str:
-    return " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
-
-
 def resume(run: dict[str, Any], path: str, args: argparse.Namespace, class_names: list[str]) -> None:
     """Restore model, optimizer, scheduler, scaler, step, history and RNG from a checkpoint of this very run."""
     contents = read_checkpoint(path)
     if any(key not in contents for key in TRAINING_KEYS):
         raise UserError(f"cannot resume from {path}: a final (inference) model, not a training checkpoint (use <out>/checkpoint.pt)")
-    for flag in RUN_DEFINING_FLAGS:
-        saved, asked = flag_text(contents["args"].get(flag)), flag_text(getattr(args, flag))
-        if saved != asked:
-            raise UserError(f"cannot resume from {path}: it was trained with --{flag.replace('_', '-')} {saved}, this run has {asked}")
+    check_resume_flags(contents["args"], args, RUN_DEFINING_FLAGS, path)
     if contents["meta"]["class_names"] != class_names:
         raise UserError(f"cannot resume from {path}: its classes {contents['meta']['class_names']} differ from this data's {class_names}")
     if contents["step"] > args.max_steps:
         raise UserError(f"cannot resume from {path}: it is at step {contents['step']}, beyond --max-steps {args.max_steps}")
-    run["model"].load_state_dict(contents["model"])
-    run["optimizer"].load_state_dict(contents["optimizer"])
-    run["scheduler"].load_state_dict(contents["scheduler"])
-    run["scaler"].load_state_dict(contents["scaler"])
+    restore_states(contents, path, model=run["model"], optimizer=run["optimizer"], scheduler=run["scheduler"], scaler=run["scaler"])
     run["step"], run["history"] = contents["step"], contents["history"]
-    torch.set_rng_state(contents["rng"]["torch"])
-    np.random.set_state(contents["rng"]["numpy"])
-    random.setstate(contents["rng"]["python"])
-    if "cuda" in contents["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(contents["rng"]["cuda"][: torch.cuda.device_count()])
+    restore_rng_state(contents["rng"])
 
 
 ######################################################################################################################

@@ -63,19 +63,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, set_threads
-from utils.detectors import (
-    REPO_ROOT,
+from utils.assets import (
+    IMAGENET_SAMPLES,
+    ONE_BY_ONE_VIDEO,
     SSDLITE_PERSON_PATH,
+    TINY_IMAGENET,
     TORCHVISION_DETECTORS,
+    TUD_CAMPUS,
     YOLOX_NANO_PATH,
-    OnnxSSDLitePersonDetector,
-    OnnxYoloxDetector,
-    TorchvisionDetector,
-    build_detector,
-    load_yolox_model,
     resolve_weights,
 )
+from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, set_threads
+from utils.detectors import OnnxSSDLitePersonDetector, OnnxYoloxDetector, TorchvisionDetector, build_detector, load_yolox_model
 from utils.metrics import box_iou
 from utils.quantization import (
     ENGINES,
@@ -105,8 +104,8 @@ SCHEMES = {  # what each kind of model offers, in report order; fp32 is always m
     # not survive (TUD-Campus AP@0.5 0.740 -> 0.000, as static with per-tensor weights), at 5x the FP32 latency
     "yolox_nano": ("static",),
 }
-EVAL_SEQUENCE = REPO_ROOT / "assets" / "data" / "TUD-Campus"  # MOT15 frames with person gt: detector accuracy
-CALIB_VIDEO = REPO_ROOT / "assets" / "videos" / "one-by-one-person-detection.mp4"  # another scene: no test-set calibration
+EVAL_SEQUENCE = TUD_CAMPUS  # MOT15 frames with person gt: detector accuracy
+CALIB_VIDEO = ONE_BY_ONE_VIDEO  # another scene: no test-set calibration
 LATENCY_SIZE = (427, 240)  # detectors are timed at video_main_person.py's working size
 # static calibration set sizes: ssdlite's AP@0.5 drop was 2.4 points with 32 frames, 1.7 with 96 (ORT calibrates
 # 96 frames in seconds); a Faster R-CNN frame costs ~0.5 s, and its 32 frames already cover the clip's variety
@@ -176,14 +175,12 @@ def plan_rows(schemes: list[str], device: str, cuda_visible: bool, cuda_bf16: bo
 
 def read_eval_frames(limit: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """TUD-Campus frames (RGB) and their person gt boxes (xyxy)."""
-    import cv2
-
     from utils.mot import read_mot_sequence
-    from utils.video import read_image
+    from utils.video import read_rgb_image
 
     sequence = read_mot_sequence(EVAL_SEQUENCE)
     numbers = range(1, len(sequence) + 1)[:limit]
-    frames = [cv2.cvtColor(read_image(sequence.image_paths[n - 1]), cv2.COLOR_BGR2RGB) for n in numbers]  # truncated: an error
+    frames = [read_rgb_image(sequence.image_paths[n - 1]) for n in numbers]  # truncated: an error
     return frames, [sequence.boxes(n)[:, :4] for n in numbers]
 
 
@@ -722,8 +719,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--eval-frames", type=number(int, 1), default=None, help="TUD-Campus frames for detector accuracy (default: all 71)"
     )
     parser.add_argument("--max-images", type=number(int, 1), default=None, help="images per classifier evaluation set (default: all)")
-    parser.add_argument("--imagenet", default=str(REPO_ROOT / "assets" / "data" / "imagenet-sample-256"), help="ImageNet sample folder")
-    parser.add_argument("--tiny-imagenet", default=str(REPO_ROOT / "assets" / "data" / "tiny-imagenet-200"), help="Tiny-ImageNet folder")
+    parser.add_argument("--imagenet", default=str(IMAGENET_SAMPLES), help="ImageNet sample folder")
+    parser.add_argument("--tiny-imagenet", default=str(TINY_IMAGENET), help="Tiny-ImageNet folder")
     parser.add_argument("--batch-size", type=number(int, 1), default=4, help="the larger batch timed besides batch 1")
     parser.add_argument("--warmup", type=number(int, 0), default=3, help="untimed calls before timing")
     parser.add_argument("--repeats", type=number(int, 1), default=20, help="timed calls at batch 1 (half as many at --batch-size)")

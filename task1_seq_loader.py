@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from utils.cli import ArgumentParser, UserError, number, run_cli, seed_everything
 from utils.draw import MAIN_COLOR, draw_box, draw_caption
 from utils.mot import MotSequence, find_mot_sequences, read_mot_sequence
-from utils.video import read_image
+from utils.video import read_rgb_image
 
 PERSON = 1  # COCO id, so torchvision's COCO-pretrained heads fit without a new class layout
 MIN_BOX_SIDE = 1.0  # boxes thinner than this after clipping are dropped: torchvision refuses degenerate boxes
@@ -102,7 +102,7 @@ class MotWindowDataset(Dataset):
         return len(self.windows)
 
     def load_frame(self, sequence: MotSequence, frame: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        image = read_image(sequence.image_paths[frame - 1])  # a truncated frame is an error, not a half-grey target
+        image = read_rgb_image(sequence.image_paths[frame - 1])  # a truncated frame is an error, not a half-grey target
         height, width = image.shape[:2]
         rows = sequence.boxes(frame)
         boxes = rows[:, :4].copy()
@@ -118,7 +118,7 @@ class MotWindowDataset(Dataset):
             "track_ids": torch.from_numpy(rows[keep, 4].astype(np.int64)),
             "visibility": torch.from_numpy(rows[keep, 5]),
         }
-        tensor = torch.from_numpy(cv2.cvtColor(image, cv2.COLOR_BGR2RGB)).permute(2, 0, 1).float().div_(255)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255)
         return tensor, target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]], dict[str, Any]]:
@@ -246,7 +246,7 @@ def draw_contact_sheet(frames: torch.Tensor, targets: list[list[dict[str, torch.
     for window, window_targets, info in zip(frames, targets, meta, strict=True):
         tiles = []
         for image, target, frame in zip(window, window_targets, info["frames"], strict=True):
-            tile = cv2.cvtColor((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)
+            tile = cv2.cvtColor((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8), cv2.COLOR_RGB2BGR)  # OpenCV draws BGR
             for box, track in zip(target["boxes"].tolist(), target["track_ids"].tolist(), strict=True):
                 draw_box(tile, box, MAIN_COLOR, str(track))
             draw_caption(tile, f"{info['sequence']} #{frame}")

@@ -39,8 +39,9 @@ from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from task1_seq_loader import MotWindowDataset, Window, load_sequences
+from utils.assets import TORCHVISION_DETECTORS, resolve_weights
 from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, seed_everything, set_threads
-from utils.detectors import TORCHVISION_DETECTORS, build_torchvision_model, resolve_weights
+from utils.detectors import build_torchvision_model
 
 HIDDEN_CHANNELS = 32  # GRU width: enough to carry "who was where"; 8x narrower than the FPN to stay cheap
 GATE_INIT = 0.01  # residual gate at step 0: near-identity, yet every GRU weight gets a gradient at once

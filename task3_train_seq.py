@@ -25,7 +25,6 @@ import argparse
 import csv
 import json
 import os
-import random
 import sys
 import time
 from collections.abc import Iterator
@@ -33,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -44,7 +42,15 @@ from task2_stateful_rcnn import MAX_SEED, MIN_FRAME_SIDE, StatefulFasterRCNN, ad
 from utils.cli import ArgumentParser, OutOfRange, UserError, number, resolve_device, run_cli, seed_everything, set_threads
 from utils.detectors import PERSON
 from utils.mot import MotSequence
-from utils.schedules import warmup_cosine
+from utils.training import (
+    check_resume_flags,
+    load_checkpoint,
+    restore_rng_state,
+    restore_states,
+    rng_state,
+    save_checkpoint,
+    warmup_cosine,
+)
 
 # Flags that make a run what it is: resuming with other values would not continue the run the checkpoint belongs to
 # (other windows, streams, state shapes or trained parameters). --max-steps may change: a longer schedule is the point.
@@ -190,24 +196,7 @@ def build_run(args: argparse.Namespace, device: torch.device, rank: int) -> Run:
 # Checkpoints: one file, written by rank 0, holding every rank's RNG and stream state
 
 
-def rng_state(device: torch.device) -> dict[str, Any]:
-    """Every RNG this process draws from, as CPU objects (CUDA's too: torch.cuda.get_rng_state_all gives CPU bytes)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore rng_state(); its tensors must be CPU ByteTensors (torch.set_rng_state refuses any other device)."""
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
-
-
-def gather_rank_states(run: Run, device: torch.device, world: int) -> list[dict[str, Any]] | None:
+def gather_rank_states(run: Run, world: int) -> list[dict[str, Any]] | None:
     """Every rank's RNG, stream state and last batch, on rank 0 (None on the others).
 
     Gathered into the one checkpoint rather than written as per-rank files: a single file renamed into place is
@@ -216,7 +205,7 @@ def gather_rank_states(run: Run, device: torch.device, world: int) -> list[dict[
     """
     stream_state = run.model.get_state()
     own = {
-        "rng": rng_state(device),
+        "rng": rng_state(),
         "stream_state": None if stream_state is None else {level: value.cpu() for level, value in stream_state.items()},
         "previous_meta": run.previous_meta,
     }
@@ -227,47 +216,27 @@ def gather_rank_states(run: Run, device: torch.device, world: int) -> list[dict[
     return gathered
 
 
-def save_checkpoint(path: Path, run: Run, args: argparse.Namespace, ranks: list[dict[str, Any]]) -> None:
-    """Atomic: written beside, then renamed, so an interrupted save never corrupts the last good checkpoint."""
-    contents = {
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict(),  # {} without AMP
-        "step": run.step,
-        "args": vars(args),
-        "history": run.history,
-        "initial_stateful": run.initial_stateful.cpu(),
-        "ranks": ranks,
-    }
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save(contents, partial)
-    os.replace(partial, path)
+def save_run(path: Path, run: Run, args: argparse.Namespace, ranks: list[dict[str, Any]]) -> None:
+    """Rank 0's checkpoint: the run's states, its flags, history and every rank's part (written atomically)."""
+    save_checkpoint(
+        path,
+        model=run.model,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        scaler=run.scaler,  # {} without AMP
+        step=run.step,
+        args=args,
+        history=run.history,
+        initial_stateful=run.initial_stateful.cpu(),
+        ranks=ranks,
+    )
 
 
-def first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-
-
-def flag_value(value: Any) -> str:
-    """A flag's value as typed on the command line: '120 160', not [120, 160] or (120, 160)."""
-    return " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
-
-
-def load_checkpoint(path: str, args: argparse.Namespace, world: int) -> dict[str, Any]:
+def read_run(path: str, args: argparse.Namespace, world: int) -> dict[str, Any]:
     """A checkpoint of this script for this very run (same run-defining flags and process count), all on the CPU:
     loading to the GPU would move the saved CPU RNG state there too, and torch.set_rng_state refuses it."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds NumPy's RNG
-    except Exception as error:  # missing, truncated, not a torch file: pickle, zip and torch raise their own types
-        raise UserError(f"cannot resume from {path}: {first_line(error)}") from None
-    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint] if isinstance(checkpoint, dict) else list(CHECKPOINT_KEYS)
-    if missing:
-        raise UserError(f"cannot resume from {path}: not a checkpoint of this script (no {', '.join(missing)})")
-    for flag in RUN_DEFINING_FLAGS:
-        saved, asked = flag_value(checkpoint["args"].get(flag)), flag_value(getattr(args, flag))
-        if saved != asked:
-            raise UserError(f"cannot resume from {path}: it was trained with --{flag.replace('_', '-')} {saved}, this run has {asked}")
+    checkpoint = load_checkpoint(path, required=CHECKPOINT_KEYS, context="cannot resume from")
+    check_resume_flags(checkpoint["args"], args, RUN_DEFINING_FLAGS, path)
     if len(checkpoint["ranks"]) != world:
         raise UserError(f"cannot resume from {path}: it was written by {len(checkpoint['ranks'])} process(es), this run has {world}")
     return checkpoint
@@ -275,21 +244,14 @@ def load_checkpoint(path: str, args: argparse.Namespace, world: int) -> dict[str
 
 def resume(run: Run, checkpoint: dict[str, Any], path: str, rank: int, device: torch.device) -> None:
     """Restore everything the checkpoint holds; model and optimizer states land on the model's device."""
-    try:
-        run.model.load_state_dict(checkpoint["model"])
-        run.optimizer.load_state_dict(checkpoint["optimizer"])  # moves its state to each parameter's device
-    except (RuntimeError, ValueError, KeyError) as error:
-        raise UserError(f"cannot resume from {path}: it does not fit this model ({first_line(error)})") from None
-    run.scheduler.load_state_dict(checkpoint["scheduler"])
-    if checkpoint["scaler"]:  # empty: saved without AMP (on the CPU); a CUDA run then starts a fresh scale
-        run.scaler.load_state_dict(checkpoint["scaler"])
+    restore_states(checkpoint, path, model=run.model, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler)
     run.step, run.history = checkpoint["step"], checkpoint["history"]
     run.initial_stateful = checkpoint["initial_stateful"].to(device)
     own = checkpoint["ranks"][rank]
     stream_state = own["stream_state"]
     run.model.set_state(None if stream_state is None else {level: value.to(device) for level, value in stream_state.items()})
     run.previous_meta = own["previous_meta"]
-    set_rng_state(own["rng"])
+    restore_rng_state(own["rng"])
 
 
 ######################################################################################################################
@@ -402,11 +364,11 @@ def evaluate(model: StatefulFasterRCNN, loader: Any, device: torch.device, use_s
 def evaluate_run(run: Run, data: TrainingData, args: argparse.Namespace, device: torch.device) -> dict[str, dict[str, float]]:
     """The model with its state and without it, on the held-out windows; the training goes on as if this had not
     happened: the stream state, every RNG and the training mode are put back (bit-for-bit resume depends on it)."""
-    saved_state, saved_rng = run.model.get_state(), rng_state(device)
+    saved_state, saved_rng = run.model.get_state(), rng_state()
     val_loader = build_loader(data.sequences, data.val_ranges, args.seq_len, 1, "stream", size=tuple(args.size))
     scores = {"stateful": evaluate(run.model, val_loader, device, True), "stateless": evaluate(run.model, val_loader, device, False)}
     run.model.set_state(saved_state)
-    set_rng_state(saved_rng)
+    restore_rng_state(saved_rng)
     run.model.train()
     return scores
 
@@ -528,7 +490,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         except OSError as error:
             raise UserError(f"cannot write to {out}: {error.strerror or error}") from None
     data = prepare_data(args, rank, world)
-    checkpoint = load_checkpoint(args.resume, args, world) if args.resume else None  # a bad one fails before the build
+    checkpoint = read_run(args.resume, args, world) if args.resume else None  # a bad one fails before the build
     run = build_run(args, device, rank)
     if checkpoint is not None:
         resume(run, checkpoint, args.resume, rank, device)
@@ -551,9 +513,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             progress.update()
             print_step(row)
         if run.step % args.checkpoint_every == 0 or run.step == stop_at:
-            ranks = gather_rank_states(run, device, world)  # every rank takes part
+            ranks = gather_rank_states(run, world)  # every rank takes part
             if rank == 0:
-                save_checkpoint(out / "checkpoint.pt", run, args, ranks)
+                save_run(out / "checkpoint.pt", run, args, ranks)
     progress.close()
     train_s = time.perf_counter() - started
 

@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from utils.assets import IMAGENET_SAMPLES, ONE_BY_ONE_VIDEO, TINY_IMAGENET, TORCHVISION_DETECTORS, TUD_CAMPUS, resolve_weights
 from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, set_threads
-from utils.detectors import REPO_ROOT, TORCHVISION_DETECTORS, resolve_weights
 from utils.onnx_export import (
     CLASSIFIERS,
     MODELS,
@@ -57,10 +57,9 @@ from utils.onnx_export import (
     compare_logits,
     convert_fp16,
     export_onnx,
-    load_onnx_session,
-    metadata_path,
     quantize_int8_qdq,
 )
+from utils.onnx_runtime import load_onnx_session, metadata_path
 from utils.timing import device_name, time_calls
 
 ROWS = (  # report order; each is one way to run the model
@@ -77,10 +76,9 @@ ROWS = (  # report order; each is one way to run the model
     "tensorrt-int8",
 )
 TENSORRT_ROWS = ("tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8")
-IMAGENET = REPO_ROOT / "assets" / "data" / "imagenet-sample-256"
-TINY_IMAGENET = REPO_ROOT / "assets" / "data" / "tiny-imagenet-200"
-PARITY_SEQUENCE = REPO_ROOT / "assets" / "data" / "TUD-Campus"  # detector parity and timing frames
-CALIB_VIDEO = REPO_ROOT / "assets" / "videos" / "one-by-one-person-detection.mp4"  # another scene: no test-set calibration
+IMAGENET = IMAGENET_SAMPLES  # classifier parity and accuracy images (Tiny-ImageNet train calibrates INT8)
+PARITY_SEQUENCE = TUD_CAMPUS  # detector parity and timing frames
+CALIB_VIDEO = ONE_BY_ONE_VIDEO  # another scene: no test-set calibration
 
 
 ######################################################################################################################
@@ -103,11 +101,11 @@ def read_detector_inputs(count: int, calib_count: int, image_size: tuple[int, in
     import cv2
 
     from utils.mot import read_mot_sequence
-    from utils.video import read_image, read_spread_frames
+    from utils.video import read_rgb_image, read_spread_frames
 
     height, width = image_size
     sequence = read_mot_sequence(PARITY_SEQUENCE)
-    frames = [cv2.cvtColor(read_image(path), cv2.COLOR_BGR2RGB) for path in sequence.image_paths[:count]]
+    frames = [read_rgb_image(path) for path in sequence.image_paths[:count]]
     frames.append(np.zeros_like(frames[0]))  # nothing to detect: the exported graph must return empty outputs
     calibration = read_spread_frames(str(CALIB_VIDEO), calib_count)
 
@@ -166,7 +164,7 @@ def what_is_available(device: torch.device) -> dict[str, str | None]:
     """Which optional runtimes this machine has: None where present, else the reason."""
     import onnxruntime as ort
 
-    from utils.tensorrt_engine import tensorrt_missing
+    from utils.tensorrt_runtime import tensorrt_missing
 
     providers = ort.get_available_providers()
     no_cuda = None
@@ -287,7 +285,8 @@ def tensorrt_runner(
 ) -> Runner:
     """Build (timed) and load a TensorRT engine of `onnx_path`: profile min batch 1, opt and max the largest batch
     timed (detectors: batch 1 only), timing cache shared by every build in --out."""
-    from utils.tensorrt_engine import TensorRTRunner, build_engine
+    from utils.tensorrt_engine import build_engine
+    from utils.tensorrt_runtime import TensorRTRunner
 
     largest = max(batch_sizes) if kind == "classifier" else 1
     shape = list(input_shape[1:])

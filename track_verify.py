@@ -52,8 +52,8 @@ from tqdm import tqdm
 
 from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, seed_everything, set_threads
 from utils.mot import find_mot_sequences, read_mot_sequence
-from utils.schedules import warmup_cosine
-from utils.video import IMAGE_EXTENSIONS, read_image
+from utils.training import save_checkpoint, warmup_cosine
+from utils.video import IMAGE_EXTENSIONS, read_rgb_image
 
 REPO = Path(__file__).resolve().parent
 BUNDLED_DATA = [
@@ -199,12 +199,12 @@ def build_backbone(name: str, weights: str) -> tuple[nn.Module, tuple[float, flo
 
 
 def crop_pixels(frame: np.ndarray, crop: Crop) -> np.ndarray:
-    """The crop as RGB uint8 at CROP_SIZE (stretched: people are about 2:1 already, and padding would waste pixels)."""
+    """The crop of an RGB frame as RGB uint8 at CROP_SIZE (stretched: people are about 2:1 already, and padding would
+    waste pixels)."""
     if crop.box is not None:
         x1, y1, x2, y2 = crop.box
         frame = frame[int(y1) : math.ceil(y2), int(x1) : math.ceil(x2)]
-    resized = cv2.resize(frame, CROP_SIZE[::-1], interpolation=cv2.INTER_AREA if frame.shape[0] > CROP_SIZE[0] else cv2.INTER_LINEAR)
-    return cv2.cvtColor(resized, cv2.COLOR_BGR2RGB)
+    return cv2.resize(frame, CROP_SIZE[::-1], interpolation=cv2.INTER_AREA if frame.shape[0] > CROP_SIZE[0] else cv2.INTER_LINEAR)
 
 
 def cache_meta(sequence: Sequence, backbone: str, weights: str) -> dict[str, Any]:
@@ -275,7 +275,7 @@ def compute_descriptors(
         by_image.setdefault(crop.image, []).append(index)
     pixels: list[np.ndarray | None] = [None] * len(crops)
     for image, indices in tqdm(by_image.items(), desc=f"crops {sequence.name}", unit="image", file=sys.stderr, leave=False):
-        frame = read_image(image)
+        frame = read_rgb_image(image)
         for index in indices:
             pixels[index] = crop_pixels(frame, crops[index])
     outputs = []
@@ -653,7 +653,7 @@ def export_crops(sequences: list[Sequence], out: Path, height: int) -> dict[str,
             folder = out / sequence.name / identity.name.split("/", 1)[1] / "gt"
             folder.mkdir(parents=True, exist_ok=True)
             for crop in identity.sources[0]:
-                frame = read_image(crop.image)
+                frame = cv2.cvtColor(read_rgb_image(crop.image), cv2.COLOR_RGB2BGR)  # cv2.imwrite takes BGR
                 x1, y1, x2, y2 = crop.box
                 pixels = frame[int(y1) : math.ceil(y2), int(x1) : math.ceil(x2)]
                 if pixels.shape[0] > height:
@@ -761,7 +761,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         histories[name] = train_aggregator(name, model, train, args, device, rng)
         methods[name] = model
         settings = {key: value for key, value in vars(args).items() if key not in ("data", "out", "cache_dir", "export_crops")}
-        torch.save({"model": model.state_dict(), "aggregator": name, "dim": dim, "args": settings}, args.out / f"{name}.pt")
+        save_checkpoint(args.out / f"{name}.pt", model=model, aggregator=name, dim=dim, args=settings)
 
     results = {}
     for name, model in tqdm(methods.items(), desc="evaluate", file=sys.stderr, leave=False):

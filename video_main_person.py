@@ -62,8 +62,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from utils.assets import TORCHVISION_DETECTORS
 from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, seed_everything, set_threads
-from utils.detectors import DETECTORS, PERSON, TORCHVISION_DETECTORS, build_detector, yolox_size_for
+from utils.detectors import DETECTORS, PERSON, build_detector, yolox_size_for
 from utils.draw import HELD_COLOR, MAIN_COLOR, OTHER_COLOR, draw_box, draw_caption
 from utils.main_person import MainPerson, add_association_argument, make_selector
 from utils.timing import StageTimer, format_summary, summarize

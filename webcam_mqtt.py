@@ -47,8 +47,9 @@ import cv2
 import numpy as np
 from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 
+from utils.assets import TORCHVISION_DETECTORS
 from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, set_threads
-from utils.detectors import DETECTORS, PERSON, TORCHVISION_DETECTORS, build_detector, yolox_size_for
+from utils.detectors import DETECTORS, PERSON, build_detector, yolox_size_for
 from utils.main_person import MainPersonSelector, add_association_argument, make_selector
 from utils.mqtt import CLOSE_TIMEOUT_S, SCHEMA_VERSION, EmbeddedBroker, Publisher, add_broker_arguments, broker_options, parse_broker
 from utils.timing import summarize

@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import quantise
+from utils.assets import TINY_IMAGENET
 from utils.cli import ArgumentParser, number, run_cli, set_threads
 from utils.detectors import OnnxSSDLitePersonDetector, TorchvisionDetector
 from utils.efficientnet_lite import load_efficientnet_lite0, preprocess
@@ -134,9 +135,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="fbgemm", help="quantised engine for the torch models")
     parser.add_argument("--weights", default="none", help="fasterrcnn_resnet50_fpn weights: none (offline), DEFAULT, or a path")
-    parser.add_argument(
-        "--tiny-imagenet", default=str(quantise.REPO_ROOT / "assets" / "data" / "tiny-imagenet-200"), help="Tiny-ImageNet folder"
-    )
+    parser.add_argument("--tiny-imagenet", default=str(TINY_IMAGENET), help="Tiny-ImageNet folder")
     parser.add_argument(
         "--calib-images",
         type=number(int, 1),

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from task1_seq_loader import build_loader, load_sequences
 from task2_stateful_rcnn import MIN_FRAME_SIDE, build_stateful_model
 from task3_train_seq import auto_chunk, parse_backbone_chunk
+from utils.assets import TORCHVISION_DETECTORS
 from utils.cli import ArgumentParser, number, resolve_device, run_cli, seed_everything, set_threads
-from utils.detectors import TORCHVISION_DETECTORS
 
 # --quick: the smallest detector on short windows of small frames, one timed round: does it run, not how fast
 QUICK = {"detector": "fasterrcnn_mobilenet_v3_large_320_fpn", "seq_len": 2, "size": (96, 128), "repeats": 1}

@@ -42,8 +42,9 @@ from torchvision.transforms import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import video_main_person
+from utils.assets import resolve_weights
 from utils.cli import ArgumentParser, number, run_cli, set_threads
-from utils.detectors import PERSON, TorchvisionDetector, build_torchvision_model, resolve_weights
+from utils.detectors import PERSON, TorchvisionDetector, build_torchvision_model
 from utils.main_person import MainPersonSelector
 from utils.metrics import box_iou
 from utils.video import Letterbox, VideoSource

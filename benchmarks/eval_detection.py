@@ -71,7 +71,7 @@ from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli
 from utils.detectors import DETECTORS, PERSON, Detections, Detector, build_detector
 from utils.mot import MotSequence, find_mot_sequences, read_mot_sequence
 from utils.timing import device_name, summarize
-from utils.video import read_image
+from utils.video import read_rgb_image
 
 MATCH_IOU = 0.5  # the usual person-detection criterion (PASCAL, MOT Det, CrowdHuman's AP50)
 MAX_DETECTIONS = 300  # COCO's 100 a frame would cut the curve short in crowded street scenes
@@ -138,24 +138,19 @@ def frame_numbers(sequence: MotSequence, stride: int, max_frames: int | None) ->
     return list(range(1, len(sequence) + 1, stride))[:max_frames]
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """A frame as RGB uint8, what every detector takes (read_image gives BGR)."""
-    return np.ascontiguousarray(read_image(path)[:, :, ::-1])
-
-
 def run_detectors(
     sequence: MotSequence, frames: list[int], detectors: dict[str, Detector], progress: tqdm
 ) -> tuple[dict[str, dict[int, Detections]], dict[str, list[float]]]:
     """Each detector's person detections per frame and its detect() seconds per frame (after WARMUP_RUNS untimed calls
     on the first frame). Every frame is read once and handed to each detector in turn."""
-    first = read_rgb(sequence.image_paths[frames[0] - 1])
+    first = read_rgb_image(sequence.image_paths[frames[0] - 1])  # RGB, what every detector takes
     for detector in detectors.values():
         for _ in range(WARMUP_RUNS):
             detector.detect([first])
     detections: dict[str, dict[int, Detections]] = {label: {} for label in detectors}
     seconds: dict[str, list[float]] = {label: [] for label in detectors}
     for frame in frames:
-        image = read_rgb(sequence.image_paths[frame - 1])
+        image = read_rgb_image(sequence.image_paths[frame - 1])
         for label, detector in detectors.items():
             start = time.perf_counter()
             (found,) = detector.detect([image])

@@ -134,7 +134,8 @@ def usable_random_detector(path: Path) -> str:
     """
     from torch import nn
 
-    from utils.onnx_export import build_export_model, frame_to_input
+    from utils.onnx_export import build_export_model
+    from utils.onnx_runtime import frame_to_input
 
     torch.manual_seed(0)
     model = build_export_model("fasterrcnn_mobilenet_v3_large_320_fpn", "none")

@@ -148,6 +148,28 @@ def test_exif_orientation_is_applied(fake_client):
     assert body["image"] == {"width": 80, "height": 120}
 
 
+def test_served_pixels_are_the_training_pixels_for_an_exif_rotated_photo(app, monkeypatch, tmp_path):
+    """Training (utils.instances, as maskrcnn_train reads) and serving read an EXIF-rotated photo to the same pixels."""
+    from utils.instances import load_image
+
+    seen = []
+
+    def recording_segmenter(image: np.ndarray, threshold: float) -> tuple[list, float]:
+        seen.append(image)
+        return [], 0.001
+
+    monkeypatch.setitem(app.extensions, "segmenter", recording_segmenter)
+    photo = Image.open(io.BytesIO(balloon_jpeg())).resize((80, 124))  # a real balloon photo, small: 80 wide, 124 high
+    exif = photo.getexif()
+    exif[0x0112] = 8  # Orientation: rotate 90 degrees counter-clockwise to display
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(encoded(photo, "JPEG", exif=exif))
+    body = app.test_client().post("/predict", data=path.read_bytes(), content_type="image/jpeg").get_json()
+    trained_on, scale = load_image(path)
+    assert body["image"] == {"width": 124, "height": 80} and scale == 1.0  # upright, as a viewer shows it
+    assert np.array_equal(seen[0], trained_on)
+
+
 ######################################################################################################################
 # Bad input: a JSON error, the server keeps serving
 
@@ -156,7 +178,7 @@ def test_bad_uploads_get_json_errors(app, fake_client):
     text = fake_client.post("/predict", data={"image": (io.BytesIO(b"just some text\n"), "notes.txt")})
     assert text.status_code == 415 and text.get_json()["status"] == 415
     truncated = fake_client.post("/predict", data=balloon_jpeg()[:5000], content_type="image/jpeg")
-    assert truncated.status_code == 415 and "not a readable image" in truncated.get_json()["error"]
+    assert truncated.status_code == 415 and truncated.get_json()["error"] == "upload: truncated JPEG (its end marker is missing)"
     missing = fake_client.post("/predict", data={"picture": (io.BytesIO(balloon_jpeg()), "b.jpg")})
     assert missing.status_code == 400 and "'image'" in missing.get_json()["error"]
     empty = fake_client.post("/predict", data=b"", content_type="image/jpeg")

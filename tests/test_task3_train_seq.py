@@ -10,7 +10,7 @@ import task3_train_seq as task3
 from task1_seq_loader import build_loader, load_sequences
 from task2_stateful_rcnn import StatefulFasterRCNN, build_stateful_model
 from utils.cli import UserError
-from utils.schedules import warmup_cosine
+from utils.training import warmup_cosine
 
 TINY = [*TINY_MODEL_ARGS, "--warmup-steps", "1"]
 VAL_COLUMNS = {"val_map_50", "val_map", "val_stateless_map_50", "val_stateless_map"}
@@ -247,19 +247,6 @@ def test_evaluation_every_n_steps_on_cuda(tmp_path):
     results = train(tmp_path, "--device", "cuda", "--max-steps", "2", "--val-fraction", "0.1", "--eval-every", "1")
     history = json.loads((tmp_path / "metrics.json").read_text())
     assert all(set(row) >= VAL_COLUMNS for row in history) and 0 <= results["eval"]["stateful"]["map_50"] <= 1
-
-
-@pytest.mark.cuda
-def test_rng_state_saved_on_cuda_restores_through_a_checkpoint_file(tmp_path):
-    """The old resume loaded with map_location=cuda, which moved the CPU RNG state to the GPU: set_rng_state refused."""
-    device = torch.device("cuda")
-    torch.manual_seed(3)
-    torch.rand(5, device=device)
-    torch.save({"rng": task3.rng_state(device)}, tmp_path / "rng.pt")
-    expected_cpu, expected_cuda = torch.rand(4), torch.rand(4, device=device)
-    torch.rand(7), torch.rand(7, device=device)  # move on
-    task3.set_rng_state(torch.load(tmp_path / "rng.pt", map_location="cpu", weights_only=False)["rng"])
-    assert torch.equal(torch.rand(4), expected_cpu) and torch.equal(torch.rand(4, device=device), expected_cuda)
 
 
 @pytest.mark.cuda

@@ -5,10 +5,10 @@ import torch
 from conftest import TUD_CAMPUS
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 
+from utils.assets import TORCHVISION_DETECTORS
 from utils.cli import UserError
 from utils.detectors import (
     PERSON,
-    TORCHVISION_DETECTORS,
     ClassSubsetPredictor,
     Detections,
     OnnxSSDLitePersonDetector,
@@ -135,7 +135,7 @@ def test_unknown_detector_and_missing_onnx(tmp_path):
 
 
 def test_resolve_weights_auto_offline_is_none_with_a_warning(offline, capsys):
-    from utils.detectors import resolve_weights
+    from utils.assets import resolve_weights
 
     assert resolve_weights("fasterrcnn_resnet50_fpn", "auto") == "none"
     assert "--weights auto: fasterrcnn_resnet50_fpn starts from RANDOM weights" in capsys.readouterr().err

@@ -1,3 +1,4 @@
+import io
 import json
 import shutil
 
@@ -123,6 +124,32 @@ def test_draw_masks_changes_only_the_masked_area():
     assert np.array_equal(image, np.full((60, 80, 3), 100, dtype=np.uint8))  # the input is not drawn on
 
 
+def test_exif_rotated_image_is_read_upright_as_mask_api_serves_it(tmp_path):
+    """VIA draws polygons on the photo as a browser shows it (EXIF applied): the reader must turn it the same way,
+    and give the pixels mask_api decodes from the same file (training and serving see the same image)."""
+    import mask_api
+
+    stored = np.zeros((48, 64, 3), np.uint8)  # 64 wide, 48 high as stored; a bright top-left corner
+    stored[:16, :16] = 250
+    photo = Image.fromarray(stored)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display -> 48 wide, 64 high
+    split = tmp_path / "turned" / "val"
+    split.mkdir(parents=True)
+    (split / "a.jpg").write_bytes(encode_jpeg(photo, exif))
+    write_via(split, {"a.jpg": [([2, 40, 2], [30, 60, 60])]})  # y up to 60: only inside the upright image
+    [item] = read_instances(tmp_path / "turned", "val").images
+    assert item.image.shape == (64, 48, 3) and item.image[:16, -16:].min() > 200  # the corner turned to the top right
+    assert np.array_equal(item.image, mask_api.decode_image((split / "a.jpg").read_bytes()))
+    assert item.boxes[0].tolist() == [2, 30, 41, 61]
+
+
+def encode_jpeg(image: Image.Image, exif: Image.Exif) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif, quality=95)
+    return buffer.getvalue()
+
+
 def test_bad_inputs_are_one_line_user_errors(hand_root, tmp_path):
     split = hand_root / "val"
     with pytest.raises(UserError, match="no such folder"):
@@ -137,7 +164,7 @@ def test_bad_inputs_are_one_line_user_errors(hand_root, tmp_path):
         read_instances(hand_root, "val")
     (split / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
     write_via(split, {"broken.jpg": []})
-    with pytest.raises(UserError, match=r"image file unreadable: .*broken\.jpg"):
+    with pytest.raises(UserError, match=r"broken\.jpg: not a readable image .*; remove it from the annotations or replace it$"):
         read_instances(hand_root, "val")
     (split / "via_region_data.json").write_text(json.dumps({"images": [], "annotations": []}))
     with pytest.raises(UserError, match="neither a VIA region JSON nor a COCO"):

@@ -18,12 +18,9 @@ from utils.onnx_export import (
     detector_parity,
     export_onnx,
     first_convs,
-    frame_to_input,
-    load_onnx_session,
-    metadata_path,
     quantize_int8_qdq,
-    run_detector_session,
 )
+from utils.onnx_runtime import frame_to_input, load_onnx_session, metadata_path, run_detector_session
 
 SAMPLES = REPO / "assets" / "data" / "imagenet-sample-256"
 DETECTOR = "fasterrcnn_mobilenet_v3_large_320_fpn"

@@ -1,5 +1,6 @@
-"""utils.tensorrt_engine: the checks that run anywhere (CI, CPU machines), build_engine against a stand-in `tensorrt`
-module that records what it is asked, and, marked `tensorrt`, real builds and runs on a GPU."""
+"""utils.tensorrt_engine (building) and utils.tensorrt_runtime (checking and running): the checks that run anywhere
+(CI, CPU machines), build_engine against a stand-in `tensorrt` module that records what it is asked, and, marked
+`tensorrt`, real builds and runs on a GPU."""
 
 import json
 import sys
@@ -9,13 +10,13 @@ import pytest
 import torch
 from torch import nn
 
-from utils import tensorrt_engine
+from utils import tensorrt_runtime
 from utils.cli import UserError
-from utils.onnx_export import metadata_path
-from utils.tensorrt_engine import (
+from utils.onnx_runtime import metadata_path
+from utils.tensorrt_engine import build_engine
+from utils.tensorrt_runtime import (
     ENGINE_FORMAT,
     TensorRTRunner,
-    build_engine,
     check_engine_compatible,
     check_input_shape,
     read_engine_metadata,
@@ -286,7 +287,7 @@ def fake_gpu(monkeypatch, tmp_path):
     def install(version="10.9.0.34", engine=b"ENGINE-BYTES"):
         log = {}
         monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, log, engine))
-        tensorrt_engine._logger.cache_clear()
+        tensorrt_runtime.trt_logger.cache_clear()
         return log
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -295,7 +296,7 @@ def fake_gpu(monkeypatch, tmp_path):
     onnx_path = tmp_path / "tiny.onnx"
     onnx_path.write_bytes(b"graph")
     yield install, onnx_path
-    tensorrt_engine._logger.cache_clear()  # the real tensorrt must not get the stand-in's logger
+    tensorrt_runtime.trt_logger.cache_clear()  # the real tensorrt must not get the stand-in's logger
 
 
 PROFILE = {"images": ((1, 3, 8, 8), (4, 3, 8, 8), (8, 3, 8, 8))}

@@ -1,3 +1,4 @@
+import io
 import itertools
 import shutil
 import struct
@@ -8,11 +9,18 @@ import cv2
 import numpy as np
 import pytest
 from conftest import TUD_CAMPUS, TUD_CLIP
-from PIL import Image
+from PIL import Image, ImageFile
 
-import utils.video
 from utils.cli import UserError
-from utils.video import Letterbox, ThreadedReader, VideoSource, VideoWriter, jpeg_is_complete, read_image
+from utils.video import (
+    ImageTooLargeError,
+    Letterbox,
+    ThreadedReader,
+    VideoSource,
+    VideoWriter,
+    jpeg_is_complete,
+    read_rgb_image,
+)
 
 FRAME = TUD_CAMPUS / "img1" / "000001.jpg"  # a real 640x480 JPEG
 
@@ -131,7 +139,7 @@ def test_truncated_single_images_are_errors(tmp_path):
     assert "\n" not in str(error.value)
     cv2.imwrite(str(tmp_path / "frame.png"), cv2.imread(str(FRAME)))
     with pytest.raises(UserError, match=r"truncated PNG"):
-        read_image(truncated(tmp_path / "frame.png", tmp_path / "cut.png", 0.9))
+        read_rgb_image(truncated(tmp_path / "frame.png", tmp_path / "cut.png", 0.9))
 
 
 def test_jpeg_end_check_on_every_cut_and_with_data_after_the_end():
@@ -152,9 +160,13 @@ def test_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path, monkeyp
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded despite the limit")
 
-    monkeypatch.setattr(utils.video.cv2, "imdecode", no_decoding)
-    with pytest.raises(UserError, match=r"000001\.jpg: 640x480 is 0\.3 MP, over the limit of 0\.3 MP \(max_pixels\): not decoded"):
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)  # Pillow's decoding step: every format goes through it
+    with pytest.raises(
+        ImageTooLargeError, match=r"000001\.jpg: 640x480 is 307,200 pixels, over the limit of 307,199 pixels \(max_pixels\): not decoded"
+    ):
         VideoSource(str(FRAME), max_pixels=640 * 480 - 1)
+    with pytest.raises(UserError, match="decoded despite the limit"):  # at the limit it decodes: the patch sees it
+        read_rgb_image(FRAME, max_pixels=640 * 480)
 
     # PNG headers of 10000x10000 and 20000x20000 (1.2 GB decoded) are refused from their few bytes, without warnings
     def png_header(path, width, height):
@@ -200,7 +212,7 @@ def test_oversized_image_in_a_folder_is_a_bad_frame(tmp_path, capsys):
     assert (source.width, source.height) == (320, 240)  # the first image it could read
     assert [(index, frame.shape) for index, frame in source] == [(1, (240, 320, 3)), (3, (120, 160, 3))]
     assert source.bad_frames == [0, 2]
-    assert capsys.readouterr().err.count("over the limit of 0.1 MP (max_pixels)") == 2  # once each, not again on opening
+    assert capsys.readouterr().err.count("over the limit of 76,800 pixels (max_pixels)") == 2  # once each, not again on opening
 
 
 def test_folder_with_no_readable_image_is_an_error(tmp_path):
@@ -208,6 +220,101 @@ def test_folder_with_no_readable_image_is_an_error(tmp_path):
     (tmp_path / "b.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match=r"none of its 2 images could be read \(the first: .*a\.jpg: truncated JPEG"):
         VideoSource(str(tmp_path))
+
+
+def encoded(image: Image.Image, format: str = "PNG", **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def asymmetric_photo() -> Image.Image:
+    """64x48 with a different colour in each corner: any turn or mirror moves them."""
+    pixels = np.zeros((48, 64, 3), np.uint8)
+    pixels[:24, :32], pixels[:24, 32:], pixels[24:, :32], pixels[24:, 32:] = (250, 0, 0), (0, 250, 0), (0, 0, 250), (250, 250, 0)
+    return Image.fromarray(pixels)
+
+
+# EXIF orientation -> the numpy turn that shows the stored pixels upright (np.rot90 turns counter-clockwise)
+UPRIGHT = {3: lambda a: np.rot90(a, 2), 6: lambda a: np.rot90(a, -1), 8: lambda a: np.rot90(a, 1), 2: lambda a: a[:, ::-1]}
+
+
+@pytest.mark.parametrize("orientation", sorted(UPRIGHT))
+def test_reader_turns_an_exif_oriented_jpeg_upright_from_a_path_and_from_bytes(tmp_path, orientation):
+    photo = asymmetric_photo()
+    exif = photo.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / "oriented.jpg"
+    path.write_bytes(encoded(photo, "JPEG", exif=exif, quality=95))
+    with Image.open(path) as stored:  # the pixels as stored, the tag not applied
+        as_stored = np.asarray(stored.convert("RGB"))
+    upright = read_rgb_image(path)
+    assert upright.dtype == np.uint8 and upright.flags.c_contiguous and upright.flags.writeable
+    assert np.array_equal(upright, UPRIGHT[orientation](as_stored))
+    assert np.array_equal(read_rgb_image(path.read_bytes()), upright)  # an upload: the same pixels
+
+
+def test_reader_gives_opencvs_pixels_in_rgb_and_video_source_gives_them_in_bgr():
+    bgr = cv2.imread(str(FRAME))
+    assert np.array_equal(read_rgb_image(FRAME), bgr[:, :, ::-1])  # Pillow decodes the bundled JPEGs as OpenCV does
+    [(_, frame)] = list(VideoSource(str(FRAME)))
+    assert np.array_equal(frame, bgr)  # a VideoSource's image frames are BGR, like its video frames
+
+
+def palette_png() -> bytes:
+    image = Image.new("P", (6, 4), 1)
+    image.putpalette([0, 0, 0, 200, 30, 10])  # index 1: a red
+    return encoded(image)
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (palette_png, (200, 30, 10)),
+        (lambda: encoded(Image.new("RGBA", (6, 4), (255, 0, 0, 0))), (255, 255, 255)),  # transparent: white, not its red
+        (lambda: encoded(Image.new("RGBA", (6, 4), (0, 0, 255, 255))), (0, 0, 255)),  # opaque: itself
+        (lambda: encoded(Image.new("LA", (6, 4), (0, 128))), (127, 127, 127)),  # half-transparent black on white
+        (lambda: encoded(Image.fromarray(np.full((4, 6), 65535, np.uint16))), (255, 255, 255)),  # 16-bit white
+        (lambda: encoded(Image.fromarray(np.full((4, 6), 32896, np.uint16))), (128, 128, 128)),  # 16-bit mid: scaled
+        (lambda: encoded(Image.new("L", (6, 4), 77)), (77, 77, 77)),
+        (lambda: encoded(Image.new("CMYK", (6, 4), (0, 255, 255, 0)), "JPEG"), "red"),
+    ],
+    ids=["palette", "rgba-clear", "rgba-opaque", "la", "grey16-white", "grey16-mid", "grey8", "cmyk-jpeg"],
+)
+def test_reader_converts_every_colour_mode_to_rgb_uint8(make, expected):
+    pixels = read_rgb_image(make())
+    assert pixels.shape == (4, 6, 3) and pixels.dtype == np.uint8
+    if expected == "red":  # JPEG is lossy: red within a margin
+        assert pixels[..., 0].min() > 200 and pixels[..., 1:].max() < 60
+    else:
+        assert (np.abs(pixels.astype(int) - expected) <= 1).all(), pixels[0, 0]
+
+
+def test_reader_refuses_truncated_and_corrupt_files_in_one_line(tmp_path):
+    corrupt_png = bytearray(encoded(asymmetric_photo()))
+    start = corrupt_png.index(b"IDAT") + 8
+    corrupt_png[start : start + 40] = bytes(40)  # IEND intact: only decoding can find this
+    cases = [
+        (truncated(FRAME, tmp_path / "cut.jpg", 0.6), r"cut\.jpg: truncated JPEG \(its end marker is missing\)"),
+        (bytes(corrupt_png), r"^upload: a PNG header, but the pixels could not be decoded \(OSError"),
+        (b"GIF89a" + bytes(range(256)), r"^upload: not a readable image"),
+        (written(tmp_path / "notes.jpg", b"just text\n" * 20), r"notes\.jpg: not a readable image \(no image format recognised\)"),
+        (tmp_path / "missing.png", r"missing\.png: cannot read \(No such file"),
+    ]
+    for source, message in cases:
+        with pytest.raises(UserError, match=message) as error:
+            read_rgb_image(source)
+        assert "\n" not in str(error.value) and not isinstance(error.value, ImageTooLargeError)
+
+
+def test_reader_refuses_a_huge_upload_from_its_header(monkeypatch):
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded despite the limit")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    bomb = encoded(Image.new("L", (400, 300)))  # a few hundred bytes for 120,000 pixels
+    with pytest.raises(ImageTooLargeError, match=r"^upload: 400x300 is 120,000 pixels, over the limit of 20,000 pixels"):
+        read_rgb_image(bomb, max_pixels=20_000)
 
 
 def test_threaded_reader_keeps_order_prepares_and_batches():

@@ -7,13 +7,12 @@ import pytest
 import torchvision
 from conftest import TUD_CAMPUS
 
+from utils.assets import SSDLITE_PERSON_PATH, YOLOX_NANO_PATH
 from utils.cli import UserError
 from utils.detectors import (
     COCO_80_TO_CATEGORY_ID,
     PERSON,
-    SSDLITE_PERSON_PATH,
     YOLOX_DEFAULT_SIZE,
-    YOLOX_NANO_PATH,
     YOLOX_PAD_VALUE,
     OnnxYoloxDetector,
     build_detector,

@@ -511,13 +511,14 @@ def engine_metadata(**changes) -> dict:
 def test_tensorrt_engine_for_another_gpu_or_version_is_refused_before_deserialising(tmp_path, monkeypatch):
     import torch
 
-    import utils.tensorrt_engine
+    import utils.detectors
+    import utils.tensorrt_runtime
 
     engine = tmp_path / "detector-trt-fp16.engine"
     engine.write_bytes(b"serialised engine bytes TensorRT must never see")
     here = {"tensorrt": "11.4.0.106", "gpu": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
-    monkeypatch.setattr(utils.tensorrt_engine, "environment", lambda: here)
-    monkeypatch.setattr(utils.tensorrt_engine, "TensorRTRunner", None)  # reaching it would be a TypeError, not a UserError
+    monkeypatch.setattr(utils.tensorrt_runtime, "environment", lambda: here)
+    monkeypatch.setattr(utils.detectors, "TensorRTRunner", None)  # reaching it would be a TypeError, not a UserError
     monkeypatch.setattr(video_main_person, "resolve_device", lambda name: torch.device(name))  # as if a GPU were here
     (tmp_path / "detector-trt-fp16.json").write_text(json.dumps(engine_metadata()))
     with pytest.raises(UserError, match=r"sm 9\.0.*sm 8\.0|H100.*A100"):

@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from utils.cli import UserError
+from utils.video import read_rgb_image
 
 # Per-channel mean/std of the training images (the values every CIFAR reference uses)
 CIFAR_STATS = {
@@ -120,15 +122,11 @@ def _class_images(folder: Path) -> list[Path]:
 
 
 def _decode(paths: list[Path], size: int) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
-
+    """uint8 N x 3 x size x size of image files, each read by the one reader (utils.video.read_rgb_image) and resized
+    with Pillow's bilinear filter (reducing_gap=None: one exact resampling, no box reduction first)."""
     images = np.empty((len(paths), size, size, 3), np.uint8)
     for row, path in enumerate(paths):
-        try:
-            with Image.open(path) as image:
-                images[row] = np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR, reducing_gap=None))
-        except (OSError, UnidentifiedImageError):
-            raise UserError(f"{path}: not a readable image") from None
+        images[row] = np.asarray(Image.fromarray(read_rgb_image(path)).resize((size, size), Image.BILINEAR, reducing_gap=None))
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 

@@ -17,6 +17,13 @@ class UserError(Exception):
     """An expected failure (bad input, no weights offline...): printed as one line, exit code 1."""
 
 
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type's name when it has none), cut at `limit` characters: what a
+    one-line UserError quotes of a library's multi-line error."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends '(default: X)' to every flag's help unless the help already states its default."""
 

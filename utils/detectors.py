@@ -11,14 +11,15 @@ Implementations:
 - OnnxYoloxDetector: the bundled pretrained YOLOX-nano, 80 COCO classes (assets/models), run by ONNX Runtime.
 A backend subclasses Detector and registers in build_detector.
 Labels are COCO category ids (1 = person) whatever the backend.
+
+Middle layer: weights and asset paths come from utils.assets, sessions from utils.onnx_runtime and
+utils.tensorrt_runtime, INT8 recipes from utils.quantization; the tools that export and build engines sit above.
 """
 
 from __future__ import annotations
 
 import itertools
-import sys
-import urllib.error
-import urllib.parse
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -31,19 +32,28 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from utils.cli import UserError
-from utils.quantization import load_state
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SSDLITE_PERSON_PATH = REPO_ROOT / "assets" / "models" / "ped_ssdlite_person.onnx"
-YOLOX_NANO_PATH = REPO_ROOT / "assets" / "models" / "yolox_nano_416x416.onnx"
-PERSON = 1  # COCO category id of 'person'
-TORCHVISION_DETECTORS = (
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn_v2",
-    "fasterrcnn_mobilenet_v3_large_fpn",
-    "fasterrcnn_mobilenet_v3_large_320_fpn",
+from utils.assets import (
+    REPO_ROOT,
+    SSDLITE_PERSON_PATH,
+    TORCHVISION_DETECTORS,
+    YOLOX_NANO_PATH,
+    download_once,
+    load_weights_file,
+    resolve_weights,
 )
+from utils.cli import UserError
+from utils.onnx_runtime import (
+    create_session,
+    execution_providers,
+    frame_to_input,
+    load_onnx_session,
+    metadata_path,
+    run_detector_session,
+)
+from utils.quantization import load_state, quantize_detector, read_artefact, set_engine
+from utils.tensorrt_runtime import TensorRTRunner, check_engine_compatible, read_engine_metadata
+
+PERSON = 1  # COCO category id of 'person'
 DETECTORS = (*TORCHVISION_DETECTORS, "ssdlite_person", "yolox_nano")
 
 
@@ -102,7 +112,7 @@ def build_torchvision_model(name: str, weights: str = "DEFAULT", **kwargs: Any) 
     builder = torchvision.models.get_model_builder(name)
     if weights.upper() == "DEFAULT":
         default = torchvision.models.get_model_weights(name).DEFAULT
-        _download_once(name, default.url)
+        download_once(name, default.url)
         return builder(weights=default, **kwargs)
     model = builder(weights=None, weights_backbone=None, num_classes=91, **kwargs)
     if weights.lower() == "none":
@@ -110,52 +120,11 @@ def build_torchvision_model(name: str, weights: str = "DEFAULT", **kwargs: Any) 
     path = Path(weights)
     if not path.is_file():
         raise UserError(f"--weights {weights}: no such file (use DEFAULT, none or a state_dict path)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and torch errors all mean: not a loadable checkpoint
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({type(error).__name__})") from None
+    state = load_weights_file(path)
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     load_state(model, state, path, name)
     return model
-
-
-def resolve_weights(name: str, weights: str) -> str:
-    """The one place where --weights 'auto' is settled: 'DEFAULT' when torchvision's weights for `name` are cached or
-    can be downloaded, else 'none' with a warning on stderr. Any other value comes back unchanged.
-
-    Callers that must know whether the model is pretrained (accuracy columns, frozen vs trainable normalisation)
-    resolve first and look at the answer.
-    """
-    if name not in TORCHVISION_DETECTORS:
-        raise UserError(f"unknown torchvision detector {name!r}; choose from {', '.join(TORCHVISION_DETECTORS)}")
-    if weights.lower() != "auto":
-        return weights
-    try:
-        _download_once(name, torchvision.models.get_model_weights(name).DEFAULT.url)
-        return "DEFAULT"
-    except UserError as error:
-        print(f"warning: {error}\nwarning: --weights auto: {name} starts from RANDOM weights", file=sys.stderr)
-        return "none"
-
-
-def _download_once(name: str, url: str) -> None:
-    """Fetch torchvision weights into the torch hub cache (atomic, with a progress bar) unless already there.
-
-    Done here rather than by the builder so that an offline failure is one line, without torch's "Downloading:".
-    """
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(urllib.parse.urlparse(url).path).name
-    if cached.is_file():
-        return
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(url, str(cached), progress=True)
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise UserError(
-            f"cannot download {name} weights from {url} ({reason}); offline, use --weights PATH "
-            "(a state_dict of this model), --weights none (random, speed only) or --detector ssdlite_person"
-        ) from None
 
 
 class ClassSubsetPredictor(nn.Module):
@@ -315,8 +284,6 @@ def load_quantized_detector(
     with random weights, the same quantisation applied (calibrated on a black frame: the real qparams come with the
     state_dict), then the state_dict is loaded strictly. options override the saved sizes/proposals.
     """
-    from utils.quantization import quantize_detector, read_artefact, set_engine
-
     artefact = read_artefact(path, name)
     if artefact["model"] not in TORCHVISION_DETECTORS:
         raise UserError(f"{path} holds {artefact['model']}, which is not a torchvision detector")
@@ -363,8 +330,6 @@ class ExportedTorchvisionDetector(Detector):
     def detect(self, frames: Sequence[np.ndarray]) -> list[Detections]:
         import cv2
 
-        from utils.onnx_export import frame_to_input
-
         results = []
         for frame in frames:  # the graph is batch 1
             height, width = frame.shape[:2]
@@ -389,29 +354,17 @@ class OnnxTorchvisionDetector(ExportedTorchvisionDetector):
     def __init__(
         self, path: str | Path, device: str | torch.device = "cpu", threads: int | None = None, score_thresh: float | None = None
     ) -> None:
-        import json
-
-        from utils.onnx_export import load_onnx_session, metadata_path
-
         path = Path(path)
         try:
             metadata = json.loads(metadata_path(path).read_text())
         except (OSError, ValueError):
             raise UserError(f"{path}: no readable {metadata_path(path).name} beside it (export with tensorrt_convert.py)") from None
         super().__init__(metadata, path, score_thresh)
-        providers = None
-        if torch.device(device).type == "cuda":
-            import onnxruntime as ort
-
-            if "CUDAExecutionProvider" not in ort.get_available_providers():
-                raise UserError("--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu); use --device cpu")
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        providers = execution_providers(cuda=torch.device(device).type == "cuda", required=True)  # asked for CUDA: no quiet CPU run
         self.session = load_onnx_session(path, threads, providers)
         self.name = f"{self.model_name} (onnxruntime)"
 
     def _infer(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        from utils.onnx_export import run_detector_session
-
         return run_detector_session(self.session, image)
 
     def describe(self) -> dict[str, Any]:
@@ -426,8 +379,6 @@ class TensorRTTorchvisionDetector(ExportedTorchvisionDetector):
     """
 
     def __init__(self, path: str | Path, device: str | torch.device = "cuda", score_thresh: float | None = None) -> None:
-        from utils.tensorrt_engine import TensorRTRunner, check_engine_compatible, read_engine_metadata
-
         path = Path(path)
         metadata = read_engine_metadata(path)
         super().__init__(metadata, path, score_thresh)
@@ -467,22 +418,10 @@ class OnnxSSDLitePersonDetector(Detector):
         threads: int | None = None,
         score_thresh: float | None = None,
     ) -> None:
-        import onnxruntime as ort
-
         self.path = Path(path)
         if not self.path.is_file():
             raise UserError(f"{self.path}: the ONNX person detector is missing (it ships in assets/models)")
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        providers = ["CPUExecutionProvider"]
-        if torch.device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
-        except Exception as error:  # onnxruntime raises its own exception types for bad files
-            raise UserError(f"{self.path} is not a loadable ONNX model ({str(error).splitlines()[0][:120]})") from None
+        self.session = create_session(self.path, threads, execution_providers(cuda=torch.device(device).type == "cuda"))
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = ["detection_boxes:0", "detection_scores:0", "detection_classes:0"]
         self.score_thresh = self.default_score_thresh if score_thresh is None else score_thresh
@@ -599,20 +538,8 @@ def load_yolox_session(path: Path, threads: int | None = None, cuda: bool = Fals
     threads: intra-op threads (None: onnxruntime's default, all cores). cuda: put the CUDA provider first where this
     onnxruntime has it. A missing file, a file that is not ONNX or not YOLOX: a UserError of one line.
     """
-    import onnxruntime as ort
-
     model = load_yolox_model(path)
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    if cuda and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
-    except Exception as error:  # onnxruntime raises its own exception types for bad graphs
-        raise UserError(f"{path} is not a loadable ONNX model ({str(error).splitlines()[0][:120]})") from None
+    return create_session(path, threads, execution_providers(cuda), model=model.SerializeToString())
 
 
 def yolox_size_for(width: int, height: int) -> int:

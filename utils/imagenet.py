@@ -7,23 +7,16 @@ import csv
 from pathlib import Path
 
 import torch
+from PIL import Image
 
+from utils.assets import IMAGENET_SAMPLES, IMAGENET_WNIDS, TINY_IMAGENET
 from utils.cli import UserError
-
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "data"
-IMAGENET_SAMPLES = ASSETS / "imagenet-sample-256"
-TINY_IMAGENET = ASSETS / "tiny-imagenet-200"
-IMAGENET_WNIDS = ASSETS / "imagenet_synsets.txt"  # line k = wnid of ImageNet-1k class index k
+from utils.video import read_rgb_image
 
 
-def _open_rgb(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError):
-        raise UserError(f"{path}: not a readable image") from None
+def _open_rgb(path: Path) -> Image.Image:
+    """An image file as a PIL RGB image (what the classifiers' preprocessing takes), decoded by the one reader."""
+    return Image.fromarray(read_rgb_image(path))
 
 
 def read_imagenet_samples(root: str | Path = IMAGENET_SAMPLES, limit: int | None = None) -> tuple[list, torch.Tensor]:

@@ -21,6 +21,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from utils.cli import UserError
+from utils.draw import draw_box
+from utils.video import read_rgb_image
 
 POLYGON_TOLERANCE = 2.0  # pixels: annotation tools let a vertex land just past the border; more is a wrong file
 VIA_NAME = "via_region_data.json"
@@ -62,19 +64,23 @@ class InstanceDataset:
 
 
 def load_image(path: Path, max_side: int | None = None) -> tuple[np.ndarray, float]:
-    """RGB uint8 of an image file, downscaled so its longer side is at most max_side; returns (image, scale)."""
+    """RGB uint8 of an image file, downscaled so its longer side is at most max_side; returns (image, scale).
+
+    Decoded by the one reader (utils.video.read_rgb_image: EXIF orientation, pixel limit, truncation check, colour
+    modes), the same that mask_api serves through, so the model trains on the pixels it is later shown.
+    """
     if not path.is_file():
         raise UserError(f"image file missing: {path} (listed in the annotations)")
     try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except Exception as error:  # PIL raises several types for truncated/corrupt/non-image files
-        raise UserError(f"image file unreadable: {path} ({type(error).__name__}); remove it from the annotations or replace it") from None
+        pixels = read_rgb_image(path)
+    except UserError as error:
+        raise UserError(f"{error}; remove it from the annotations or replace it") from None
     scale = 1.0
-    if max_side and max(image.size) > max_side:
+    if max_side and max(pixels.shape[:2]) > max_side:
+        image = Image.fromarray(pixels)  # Pillow's bilinear resize, as the shipped model was trained with
         scale = max_side / max(image.size)
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
-    return np.asarray(image), scale
+        pixels = np.asarray(image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR))
+    return pixels, scale
 
 
 def polygon_mask(xs: Sequence[float], ys: Sequence[float], height: int, width: int, where: str) -> np.ndarray:
@@ -288,8 +294,6 @@ def draw_masks(
     """A copy of an RGB uint8 image with each mask blended in its own colour, its outline, box and 'name score' label.
     names[k - 1] is the name of label k."""
     import cv2
-
-    from utils.draw import draw_box
 
     canvas = image.astype(np.float32)
     masks = np.asarray(masks, dtype=bool)

@@ -39,6 +39,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from utils.assets import download_once
 from utils.cli import UserError
 from utils.efficientnet_lite import LITE_VARIANTS, EfficientNetLite, load_efficientnet_lite
 
@@ -80,10 +81,8 @@ def pretrained_weights_missing(backbone: str) -> str | None:
         except ImportError:
             return WEIGHTS_NEEDED[backbone]
         return None
-    from utils.detectors import _download_once  # the repo's one offline policy: cached file, else one download try
-
-    try:
-        _download_once(backbone, _torchvision_weights(backbone).url)
+    try:  # the repo's one offline policy: cached file, else one download try
+        download_once(backbone, _torchvision_weights(backbone).url)
     except UserError:
         return WEIGHTS_NEEDED[backbone]
     return None

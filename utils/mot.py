@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from utils.cli import UserError
-from utils.video import IMAGE_EXTENSIONS, read_image
+from utils.video import IMAGE_EXTENSIONS, read_rgb_image
 
 MOT15, MOT16 = "MOT15 (10 columns)", "MOT16+ gt (9 columns)"
 GT_LAYOUTS = {10: MOT15, 9: MOT16}
@@ -202,7 +202,7 @@ def read_mot_sequence(root: str | Path, need_gt: bool = True, person_classes: tu
     if "imWidth" in section and "imHeight" in section:
         width, height = int(section["imWidth"]), int(section["imHeight"])
     else:
-        height, width = read_image(image_paths[0]).shape[:2]
+        height, width = read_rgb_image(image_paths[0]).shape[:2]
     gt_path = root / "gt" / "gt.txt"
     if need_gt and not gt_path.is_file():
         raise UserError(f"{root.name}: no gt/gt.txt (targets come from the ground truth, not det.txt)")

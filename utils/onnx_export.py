@@ -1,7 +1,7 @@
-"""ONE place that exports the repo's models to ONNX, loads the result in ONNX Runtime and checks it against PyTorch.
+"""ONE place that exports the repo's models to ONNX, makes their FP16/INT8 variants and checks them against PyTorch.
 
     path = export_onnx("efficientnet_lite0", "runs/onnx/efficientnet_lite0.onnx")        # + efficientnet_lite0.json
-    session = load_onnx_session(path, threads=2)
+    session = load_onnx_session(path, threads=2)                                          # utils.onnx_runtime
     classifier_parity(build_export_model("efficientnet_lite0"), session, images)          # max |logit diff|, top-1 agreement
 
     export_onnx("fasterrcnn_mobilenet_v3_large_320_fpn", "det.onnx", weights="none", box_score_thresh=0.05)
@@ -10,7 +10,7 @@
 Models and their graphs:
 - efficientnet_lite0: input `images` (N, 3, 224, 224) float, preprocessed as utils.efficientnet_lite.preprocess does;
   output `logits` (N, 1000). N is a dynamic axis.
-- torchvision Faster R-CNNs (utils.detectors.TORCHVISION_DETECTORS): input `images` (1, 3, H, W) float RGB in [0, 1]
+- torchvision Faster R-CNNs (utils.assets.TORCHVISION_DETECTORS): input `images` (1, 3, H, W) float RGB in [0, 1]
   (default 240 x 427; the model's own transform normalises, and min_size/max_size equal the image's sides so it does
   not resize); outputs `boxes` (D, 4) xyxy in the input's pixels, `scores` (D,), `labels` (D,) int64 COCO ids, with D
   a dynamic axis that is 0 on a frame with nothing above box_score_thresh.
@@ -26,6 +26,8 @@ Q/DQ calibrated on 8 images agrees on 57% of 92 others (symmetric INT8 activatio
 onnxslim 0.1.98 is not used: ORT median 23.6 vs 24.4 ms (efficientnet_lite0, 245 -> 94 nodes) and 107 vs 114 ms
 (fasterrcnn_mobilenet_v3_large_320_fpn, 1473 -> 449 nodes), within the run-to-run spread (p95 32-35, 124-144 ms);
 ONNX Runtime and TensorRT fold the same constants themselves.
+
+Top layer: a tool that works on models, above the detectors it exports; utils.onnx_runtime runs what it writes.
 """
 
 from __future__ import annotations
@@ -44,9 +46,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.cli import UserError
-from utils.detectors import TORCHVISION_DETECTORS, build_torchvision_model
+from utils.assets import TORCHVISION_DETECTORS, load_weights_file
+from utils.cli import UserError, first_line
+from utils.detectors import build_torchvision_model
+from utils.efficientnet_lite import IMAGE_SIZE, EfficientNetLite0, load_efficientnet_lite0
 from utils.metrics import box_iou
+from utils.onnx_runtime import frame_to_input, metadata_path, run_detector_session
+from utils.quantization import load_state
 
 CLASSIFIERS = ("efficientnet_lite0",)
 MODELS = (*CLASSIFIERS, *TORCHVISION_DETECTORS)
@@ -104,19 +110,12 @@ def build_export_model(name: str, weights: str = "DEFAULT", image_size: tuple[in
     if name == "efficientnet_lite0":
         if options:
             raise UserError(f"efficientnet_lite0 takes no builder options (got {', '.join(options)})")
-        from utils.efficientnet_lite import EfficientNetLite0, load_efficientnet_lite0
-        from utils.quantization import load_state
-
         if weights.upper() == "DEFAULT":
             return load_efficientnet_lite0()
         if not Path(weights).is_file():
             raise UserError(f"--weights {weights}: no such file (efficientnet_lite0 takes DEFAULT or a state_dict path)")
         model = EfficientNetLite0()
-        try:
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle, zip and torch errors all mean: not a loadable checkpoint
-            raise UserError(f"{weights} is not a readable PyTorch checkpoint ({type(error).__name__})") from None
-        load_state(model, state, weights, name)
+        load_state(model, load_weights_file(weights), weights, name)
         return model.eval()
     if name in TORCHVISION_DETECTORS:
         height, width = image_size
@@ -151,8 +150,6 @@ def export_onnx(
     path = Path(path)
     model = build_export_model(name, weights, image_size, **options)
     if name in CLASSIFIERS:
-        from utils.efficientnet_lite import IMAGE_SIZE
-
         example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
         output_names = ["logits"]
         dynamic_axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
@@ -217,13 +214,8 @@ def _check_and_place(partial: Path, path: Path, what: str) -> None:
     try:
         onnx.checker.check_model(str(partial))
     except onnx.checker.ValidationError as error:
-        raise UserError(f"{what} fails onnx.checker: {_first_line(error)}") from None
+        raise UserError(f"{what} fails onnx.checker: {first_line(error)}") from None
     os.replace(partial, path)
-
-
-def metadata_path(path: str | Path) -> Path:
-    """Where export_onnx writes the metadata of the model at `path`: model.onnx -> model.json."""
-    return Path(path).with_suffix(".json")
 
 
 def _value_info(value: Any) -> dict[str, Any]:
@@ -239,11 +231,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(partial, path)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]
 
 
 ######################################################################################################################
@@ -334,7 +321,7 @@ def quantize_int8_qdq(
                     calibrate_method=CalibrationMethod[CALIBRATION_METHODS[method]], extra_options=QDQ_OPTIONS, nodes_to_exclude=list(keep_float),
                 )  # fmt: skip
         except Exception as error:  # ORT raises plain Exceptions for bad feeds (shape, dtype): one line, not a trace
-            raise UserError(f"INT8 calibration of {source} failed ({type(error).__name__}: {_first_line(error)})") from None
+            raise UserError(f"INT8 calibration of {source} failed ({type(error).__name__}: {first_line(error)})") from None
         seconds = time.perf_counter() - start
         _save_checked(onnx.load(str(partial)), path, "int8")
     finally:
@@ -362,7 +349,7 @@ def _load_checked(source: Path) -> Any:
         model = onnx.load(str(source))
         onnx.checker.check_model(model)
     except Exception as error:  # protobuf DecodeError, ValidationError, ...: all mean not a valid ONNX model
-        raise UserError(f"{source} is not a valid ONNX model ({type(error).__name__}: {_first_line(error)})") from None
+        raise UserError(f"{source} is not a valid ONNX model ({type(error).__name__}: {first_line(error)})") from None
     return model
 
 
@@ -426,43 +413,6 @@ def _place_casts_after_their_inputs(model: Any) -> None:
 
 
 ######################################################################################################################
-# ONNX Runtime
-
-
-def load_onnx_session(path: str | Path, threads: int | None = None, providers: Sequence[str] | None = None) -> Any:
-    """An onnxruntime.InferenceSession of the model at `path`, checked with onnx.checker first.
-
-    threads: intra-op threads (None: onnxruntime's default, all cores). providers: default CPU only; pass e.g.
-    ['CUDAExecutionProvider', 'CPUExecutionProvider'] on a GPU. Not a file, not ONNX, or failing the checker:
-    a UserError of one line.
-    """
-    import onnx
-    import onnxruntime as ort
-
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such ONNX model (make one with utils.onnx_export.export_onnx)")
-    try:
-        onnx.checker.check_model(str(path))
-    except Exception as error:  # protobuf DecodeError, ValidationError, ...: all mean not a valid ONNX model
-        raise UserError(f"{path} is not a valid ONNX model ({type(error).__name__}: {_first_line(error)})") from None
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), options, providers=list(providers or ["CPUExecutionProvider"]))
-    except Exception as error:  # onnxruntime raises its own exception types for bad files and providers
-        raise UserError(f"{path}: ONNX Runtime cannot load it ({_first_line(error)})") from None
-
-
-def run_detector_session(session: Any, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """boxes (D, 4) float32, scores (D,), labels (D,) int64 of one (1, 3, H, W) float image, D possibly 0."""
-    boxes, scores, labels = session.run(["boxes", "scores", "labels"], {"images": image})
-    return boxes.reshape(-1, 4).astype(np.float32), scores.reshape(-1), labels.reshape(-1).astype(np.int64)
-
-
-######################################################################################################################
 # Parity: the ONNX graph against the PyTorch module it came from
 
 
@@ -484,11 +434,6 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict[str, An
         "mean_abs_diff": float(difference.mean()),
         "top1_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),
     }
-
-
-def frame_to_input(frame: np.ndarray) -> np.ndarray:
-    """An RGB uint8 H x W x 3 frame -> the detectors' input (1, 3, H, W) float32 in [0, 1]."""
-    return np.ascontiguousarray(frame.transpose(2, 0, 1)[None], dtype=np.float32) / 255.0
 
 
 def match_detections(

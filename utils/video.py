@@ -1,9 +1,12 @@
-"""Video in and out: any OpenCV source read on a background thread, atomic MP4 writing (PyAV), letterbox resize.
+"""Image and video in and out: the one image reader, any OpenCV source read on a background thread, atomic MP4
+writing (PyAV), letterbox resize.
 
-A source is a video file, a stream URL (rtsp://, http://...), a camera index ("0"), a folder of images or one image.
-Frames are BGR uint8 (OpenCV's layout). Bad sources raise UserError with one line that says what is wrong.
-Images, alone or in a folder, go through one reader (read_image): EXIF orientation applied, truncated files and
-files over a pixel limit refused.
+read_rgb_image is the project's only image decoder: every image file or upload (video folders, the Mask R-CNN's
+training images and its API, the classification folders) goes through it and comes out RGB uint8, upright (EXIF),
+with truncated files and files over a pixel limit refused, so training and serving see the same pixels.
+A video source is a video file, a stream URL (rtsp://, http://...), a camera index ("0"), a folder of images or one
+image. Its frames are BGR uint8 (OpenCV's layout, which its drawing and VideoWriter take); images in it are read by
+read_rgb_image and turned to BGR in one place. Bad sources raise UserError with one line that says what is wrong.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # FFmpeg's own chatter wo
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from utils.cli import UserError
 
@@ -36,10 +39,11 @@ DEFAULT_FPS = 25.0  # image folders and streams that do not say their rate
 TEXT_EXTENSIONS = {".txt", ".ans", ".art", ".asc", ".diz", ".ice", ".nfo", ".vt"}
 MAX_CONSECUTIVE_BAD_FRAMES = 25  # past this many unreadable frames in a row, a file is taken to be over
 # Frames above this many pixels are refused before decoding. 8192 x 8192 = 67 MP takes every 8K video frame (33 MP)
-# and camera photos up to 64 MP (9248 x 6936), decodes to 200 MB of BGR, and stays under Pillow's own decompression
+# and camera photos up to 64 MP (9248 x 6936), decodes to 200 MB of RGB, and stays under Pillow's own decompression
 # bomb warning (89 MP), so Pillow never speaks first. A 20000 x 20000 PNG (400 MP, 1.2 GB decoded) is refused.
 MAX_PIXELS = 8192 * 8192
 PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk with its CRC: the last thing a complete PNG holds
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # Pillow's 16/32-bit integer greyscale modes
 
 
 @contextmanager
@@ -84,42 +88,109 @@ def jpeg_is_complete(data: bytes) -> bool:
     return False
 
 
-def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """One image file as BGR uint8, EXIF orientation applied (OpenCV's rules); a UserError that says why otherwise.
+class ImageTooLargeError(UserError):
+    """An image over the pixel limit, refused from its header before decoding (the API answers it with 413)."""
 
-    Refused with one line: a file over max_pixels (width x height from the header, before anything is decoded), a
-    truncated JPEG (no end marker) or PNG (no IEND chunk), and anything OpenCV cannot decode. 16-bit and grey images
-    come back as 8-bit BGR, as cv2.imread gives them.
+
+def read_rgb_image(source: str | Path | bytes, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """The one image reader: a file (path) or an upload (bytes) as RGB uint8, H x W x 3, C-contiguous and writable.
+
+    Guarantees, in the order they are checked:
+    - more than max_pixels (width x height from the header): ImageTooLargeError, before a pixel is decoded;
+    - a JPEG without its end marker or a PNG without its IEND chunk: a UserError (OpenCV fills the missing part
+      with grey without a word), as is anything Pillow cannot identify or decode;
+    - EXIF orientation applied (wherever Pillow finds the tag: JPEG, PNG, WebP, TIFF), so the pixels are upright
+      as a viewer shows them; an unreadable EXIF block counts as no orientation, as in OpenCV;
+    - every colour mode becomes 8-bit RGB: grey, bilevel, palette, CMYK and YCbCr as Pillow converts them; 16-bit
+      grey scaled over its full range (not clipped at 255); anything with alpha (RGBA, LA, a transparent palette)
+      composited onto white. A multi-frame file (GIF, TIFF) gives its first frame.
+    Every error is a UserError of one line that starts with the file's path, or "upload" for bytes. Pixels are
+    Pillow's (libjpeg-turbo); for the bundled 8-bit JPEGs and PNGs they equal cv2.imread's, channel order aside.
     """
+    name = "upload" if isinstance(source, bytes) else str(source)
+    data = source if isinstance(source, bytes) else _read_bytes(Path(source))
+    image = _open_header(data, name, max_pixels)
     try:
-        data = Path(path).read_bytes()
+        if (image.format in ("JPEG", "MPO") and not jpeg_is_complete(data)) or (image.format == "PNG" and PNG_END not in data):
+            raise UserError(f"{name}: truncated {image.format} (its end marker is missing)")
+        _decode_upright(image, name)
+        return _rgb_pixels(image, name)
+    finally:
+        image.close()
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes; a missing or unreadable file is a one-line UserError."""
+    try:
+        return path.read_bytes()
     except OSError as error:
         raise UserError(f"{path}: cannot read ({error.strerror or error})") from None
+
+
+def _open_header(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """The image opened lazily (header only: nothing decoded yet), refused when its size is over max_pixels."""
     try:
-        with warnings.catch_warnings():  # our one line replaces Pillow's warnings (decompression bomb, corrupt EXIF)
+        with warnings.catch_warnings():  # our one line replaces Pillow's warnings (decompression bomb)
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as header:  # lazy: reads the header only
-                image_format, (width, height) = header.format, header.size
+            image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         pillow_limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6
-        raise UserError(
-            f"{path}: more than {pillow_limit:.0f} MP (Pillow's decompression-bomb limit; max_pixels is {max_pixels / 1e6:.1f} MP): not decoded"
+        raise ImageTooLargeError(
+            f"{name}: more than {pillow_limit:.0f} MP (Pillow's decompression-bomb limit; max_pixels is {_pixel_count(max_pixels)}): not decoded"
         ) from None
     except Image.UnidentifiedImageError:
-        raise UserError(f"{path}: not an image (no format that Pillow knows)") from None
+        raise UserError(f"{name}: not a readable image (no image format recognised)") from None
     except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError... on broken headers
-        raise UserError(f"{path}: not a readable image ({type(error).__name__}: {error})") from None
+        raise UserError(f"{name}: not a readable image ({_first_line(error)})") from None
+    width, height = image.size
     if width * height > max_pixels:
-        raise UserError(
-            f"{path}: {width}x{height} is {width * height / 1e6:.1f} MP, over the limit of {max_pixels / 1e6:.1f} MP (max_pixels): not decoded"
+        image.close()
+        raise ImageTooLargeError(
+            f"{name}: {width}x{height} is {_pixel_count(width * height)}, over the limit of {_pixel_count(max_pixels)} (max_pixels): not decoded"
         )
-    if (image_format == "JPEG" and not jpeg_is_complete(data)) or (image_format == "PNG" and PNG_END not in data):
-        raise UserError(f"{path}: truncated {image_format} (its end marker is missing)")
-    with opencv_quiet():
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise UserError(f"{path}: a {image_format} header, but OpenCV could not decode the image (corrupt?)")
     return image
+
+
+def _decode_upright(image: Image.Image, name: str) -> None:
+    """Decode the pixels, then turn them as the EXIF orientation tag says (in place)."""
+    try:
+        image.load()
+    except Exception as error:  # OSError (broken data stream), SyntaxError, ValueError, zlib/struct errors...
+        raise UserError(f"{name}: a {image.format} header, but the pixels could not be decoded ({_first_line(error)})") from None
+    try:
+        with warnings.catch_warnings():  # a corrupt EXIF block warns; it only means "no orientation" here
+            warnings.simplefilter("ignore")
+            ImageOps.exif_transpose(image, in_place=True)
+    except Exception:  # an EXIF block Pillow cannot parse: shown as stored, as OpenCV does
+        pass
+
+
+def _rgb_pixels(image: Image.Image, name: str) -> np.ndarray:
+    """A decoded image of any colour mode as RGB uint8 (the conversions read_rgb_image documents)."""
+    if image.mode in SIXTEEN_BIT_MODES:  # Pillow's own convert('L') would clip at 255: scale the full range instead
+        pixels = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode != "I" or pixels.max() <= 65535 else float(pixels.max())
+        grey = np.clip(pixels / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    try:
+        if {"A", "a"} & set(image.getbands()) or "transparency" in image.info:
+            rgba = image.convert("RGBA")  # what a transparent pixel shows on a white page, not its hidden colour
+            image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+    except ValueError as error:  # a mode Pillow cannot convert (LAB, HSV...)
+        raise UserError(f"{name}: colour mode {image.mode} cannot be converted to RGB ({_first_line(error)})") from None
+    return np.array(rgb)  # a copy: np.asarray of a Pillow image is read-only
+
+
+def _pixel_count(pixels: int) -> str:
+    """'67.1 MP', or the exact count under 1 MP, where one decimal of a megapixel would hide the difference."""
+    return f"{pixels / 1e6:.1f} MP" if pixels >= 1_000_000 else f"{pixels:,} pixels"
+
+
+def _first_line(error: Exception) -> str:
+    """'Type: first line of the message', short: what a one-line error can say about a library's exception."""
+    message = str(error).splitlines()[0][:120] if str(error) else ""
+    return f"{type(error).__name__}: {message}" if message else type(error).__name__
 
 
 @dataclass
@@ -166,12 +237,17 @@ class Letterbox:
         return self.to_canvas(np.asarray(boxes, dtype=np.float32).reshape(-1, 4) * self.scale)
 
 
+def _image_as_frame(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file as a VideoSource frame: read_rgb_image's pixels in BGR, the order VideoCapture's frames have."""
+    return cv2.cvtColor(read_rgb_image(path, max_pixels), cv2.COLOR_RGB2BGR)
+
+
 class VideoSource:
     """Frames of a file, URL, camera, image folder or single image, in order; unreadable frames are skipped and counted.
 
     Opening reads the first frame, so that an unreadable source fails here with a clear message rather than
     later as an empty result. `width` and `height` are the first frame's size: the images of a folder may differ in
-    size, and each is yielded at its own. Images go through read_image: in a folder, one that is corrupt, truncated
+    size, and each is yielded at its own. Images go through read_rgb_image: in a folder, one that is corrupt, truncated
     or over max_pixels is a bad frame (skipped, counted in bad_frames, a warning on stderr) like an undecodable video
     frame, and the run goes on; a single image file has no other frame, so there it is a UserError. max_pixels also
     refuses a video whose frame size (from the container) is over it.
@@ -236,7 +312,7 @@ class VideoSource:
         errors = []
         for index, path in enumerate(images):  # the bad ones before it are reported when iterating, once
             try:
-                self._first, self._first_index = read_image(path, self.max_pixels), index
+                self._first, self._first_index = _image_as_frame(path, self.max_pixels), index
                 return
             except UserError as error:
                 errors.append(error)
@@ -253,7 +329,7 @@ class VideoSource:
                     yield index, image
                     continue
                 try:
-                    image = read_image(path, self.max_pixels)
+                    image = _image_as_frame(path, self.max_pixels)
                 except UserError as error:
                     print(f"warning: {error}: frame {index} skipped", file=sys.stderr)
                     self.bad_frames.append(index)
