@@ -75,7 +75,8 @@ from utils.cifar import (
     read_image_folder,
     stratified_split,
 )
-from utils.cli import ArgumentParser, HelpFormatter, UserError, number, resolve_device, run_cli, seed_everything, set_threads
+from utils.cli import ArgumentParser, HelpFormatter, UserError, first_line, number, resolve_device, run_cli, seed_everything, set_threads
+from utils.outputs import save_figure, write_run
 from utils.timing import device_name
 from utils.training import save_checkpoint, warmup_cosine
 
@@ -569,10 +570,6 @@ def trials_table(rows: list[dict[str, Any]], names: list[str]) -> str:
 def write_plots(study: optuna.Study, out: Path) -> dict[str, str]:
     """optimization_history.png, param_importances.png, intermediate_values.png; {plot: why not} for those that
     cannot be drawn (importances need 2 complete trials, intermediate values a reported epoch)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as optuna_plots
 
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
@@ -595,17 +592,16 @@ def write_plots(study: optuna.Study, out: Path) -> dict[str, str]:
             try:
                 axes = plot(study)
             except (RuntimeError, ValueError) as error:  # e.g. importances when no parameter varies
-                skipped[name] = str(error).splitlines()[0]
+                skipped[name] = first_line(error)
                 continue
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
         figure.set_size_inches(8, 5)
         figure.tight_layout()
-        figure.savefig(out / f"{name}.png", dpi=100)
-        plt.close(figure)
+        save_figure(figure, out / f"{name}.png", dpi=100)
     return skipped
 
 
-def write_report(out: Path, results: dict[str, Any], table: str) -> None:
+def report_text(results: dict[str, Any], table: str) -> str:
     best = results["best_params"] or {}
     final = results.get("final")
     lines = [
@@ -650,7 +646,7 @@ def write_report(out: Path, results: dict[str, Any], table: str) -> None:
     for name in ("optimization_history", "param_importances", "intermediate_values"):
         reason = results["plots_skipped"].get(name)
         lines.append(f"- {name}: not drawn ({reason})" if reason else f"- ![{name}]({name}.png)")
-    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 ######################################################################################################################
@@ -723,25 +719,22 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    started = time.perf_counter()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    args.threads = set_threads(args.threads)
-    device = resolve_device(args.device)
-    args.study_name = args.study_name or f"hpo-{args.dataset}"
-    enqueue = None
-    if args.enqueue:
-        try:
-            enqueue = json.loads(args.enqueue)
-        except json.JSONDecodeError as error:
-            raise UserError(f"--enqueue is not JSON ({error.msg}): {args.enqueue}") from None
-        unknown = sorted(set(enqueue) - set(SEARCH_SPACE_TEXT)) if isinstance(enqueue, dict) else ["(not an object)"]
-        if unknown:
-            raise UserError(f"--enqueue: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(SEARCH_SPACE_TEXT)}")
-    # Everything that can be wrong is checked before --out gets a file: data, then storage, then the study
-    data = load_data(args)
-    setup = setup_of(data, args)
-    out = Path(args.out)
+def parse_enqueue(text: str | None) -> dict[str, Any] | None:
+    """--enqueue's JSON object of parameters, refused in one line when it is not JSON or names an unknown one."""
+    if not text:
+        return None
+    try:
+        enqueue = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"--enqueue is not JSON ({error.msg}): {text}") from None
+    unknown = sorted(set(enqueue) - set(SEARCH_SPACE_TEXT)) if isinstance(enqueue, dict) else ["(not an object)"]
+    if unknown:
+        raise UserError(f"--enqueue: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(SEARCH_SPACE_TEXT)}")
+    return enqueue
+
+
+def open_study(args: argparse.Namespace, setup: dict[str, Any], out: Path, enqueue: dict[str, Any] | None) -> tuple[str, optuna.Study]:
+    """The storage spec and the study in it, created or checked against this run's setup; OUT is made only now."""
     spec = storage_spec(args)
     if storage_lives_in_out(args):
         if args.resume and not Path(spec.removeprefix("sqlite:///")).is_file():
@@ -753,32 +746,15 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     study = optuna.load_study(study_name=args.study_name, storage=storage)
     if enqueue:
         study.enqueue_trial(enqueue)
-    before = len(study.trials)
-    print(
-        f"study {args.study_name!r} in {redact(spec)}: {before} trial(s) so far; {len(data.train_index)} train / "
-        f"{len(data.val_index)} val / {len(data.test.labels)} test images, {len(data.train.classes)} classes, on {device_name(device)}",
-        file=sys.stderr,
-    )
+    return spec, study
 
-    search_started = time.perf_counter()
-    search(spec, args, data, device)
-    search_seconds = time.perf_counter() - search_started
 
-    study = optuna.load_study(study_name=args.study_name, storage=open_storage(spec))
-    rows = trial_rows(study)
+def study_results(
+    args: argparse.Namespace, spec: str, setup: dict[str, Any], data: Any, rows: list[dict[str, Any]], before: int, best: Any
+) -> dict[str, Any]:
+    """results.json's fields about the study (the final model, timings and plots are added after)."""
     states = [row["state"] for row in rows]
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    best = study.best_trial if complete else None
-    table = trials_table(rows, list(SEARCH_SPACE_TEXT))
-    print(table)
-    if best:
-        print(f"best: trial {best.number}, validation top-1 {best.value:.3f}, params {json.dumps(best.params)}")
-    final = final_model(best.params, data, args, device, out) if best and args.final_epochs else None
-    if final:
-        print(
-            f"final model ({args.final_epochs} epochs on train+val): test top-1 {final['top1']:.3f}, top-5 {final['top5']:.3f} (chance {final['chance_top1']:.3f})"
-        )
-    results = {
+    return {
         "study_name": args.study_name,
         "storage": redact(spec),
         "data_root": str(args.data_root),
@@ -794,6 +770,46 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "best_trial": best.number if best else None,
         "best_value": best.value if best else None,
         "best_params": best.params if best else None,
+    }
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    args.threads = set_threads(args.threads)
+    device = resolve_device(args.device)
+    args.study_name = args.study_name or f"hpo-{args.dataset}"
+    enqueue = parse_enqueue(args.enqueue)
+    # Everything that can be wrong is checked before --out gets a file: data, then storage, then the study
+    data = load_data(args)
+    setup = setup_of(data, args)
+    out = Path(args.out)
+    spec, study = open_study(args, setup, out, enqueue)
+    before = len(study.trials)
+    print(
+        f"study {args.study_name!r} in {redact(spec)}: {before} trial(s) so far; {len(data.train_index)} train / "
+        f"{len(data.val_index)} val / {len(data.test.labels)} test images, {len(data.train.classes)} classes, on {device_name(device)}",
+        file=sys.stderr,
+    )
+
+    search_started = time.perf_counter()
+    search(spec, args, data, device)
+    search_seconds = time.perf_counter() - search_started
+
+    study = optuna.load_study(study_name=args.study_name, storage=open_storage(spec))
+    rows = trial_rows(study)
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    best = study.best_trial if complete else None
+    table = trials_table(rows, list(SEARCH_SPACE_TEXT))
+    print(table)
+    if best:
+        print(f"best: trial {best.number}, validation top-1 {best.value:.3f}, params {json.dumps(best.params)}")
+    final = final_model(best.params, data, args, device, out) if best and args.final_epochs else None
+    if final:
+        print(
+            f"final model ({args.final_epochs} epochs on train+val): test top-1 {final['top1']:.3f}, top-5 {final['top5']:.3f} (chance {final['chance_top1']:.3f})"
+        )
+    results = study_results(args, spec, setup, data, rows, before, best) | {
         "final": final,
         "search_seconds": round(search_seconds, 2),
         "trials_per_minute": (len(rows) - before) / search_seconds * 60 if search_seconds else 0.0,
@@ -803,8 +819,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     }
     results["plots_skipped"] = write_plots(study, out)
     results["wall_seconds"] = round(time.perf_counter() - started, 2)
-    write_report(out, results, table)
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    write_run(out, results, report_text(results, table))
     print(f"wrote {out / 'report.md'}, {out / 'results.json'}", file=sys.stderr)
     if not best:
         raise UserError(f"no trial completed ({results['pruned']} pruned, {results['failed']} failed): see {out / 'report.md'}")

@@ -15,7 +15,7 @@ Run:
 Endpoints: POST /predict (multipart field `image` or the raw body; `score_threshold` in the query or form; PNG with
 `?format=png` or `Accept: image/png`), GET /health, GET /model, GET / (a form to try it in a browser). Every error is
 JSON {"error", "status"}: 400 no image / bad parameter, 413 upload or pixel count too large, 415 not a readable image.
-Measured: README, "mask_api.py" (benchmarks/bench_mask_api.py).
+Measured: docs/measured.md, "bench_mask_api.py" (benchmarks/bench_mask_api.py).
 """
 
 from __future__ import annotations
@@ -33,11 +33,11 @@ from flask import Flask, Response, current_app, jsonify, request
 from PIL import Image
 from werkzeug.exceptions import HTTPException
 
+from utils.assets import BALLOON_MASKRCNN_PATH
 from utils.cli import ArgumentParser, UserError, number, run_cli, set_threads
 from utils.video import ImageTooLargeError, read_rgb_image
 
-REPO_ROOT = Path(__file__).resolve().parent
-DEFAULT_CHECKPOINT = REPO_ROOT / "assets" / "models" / "balloon_maskrcnn_efficientnet_lite0.pt"
+DEFAULT_CHECKPOINT = BALLOON_MASKRCNN_PATH
 MAX_UPLOAD_BYTES = 20 * 2**20  # a 12-megapixel phone JPEG is 3-8 MB; more is an error, not a slow request
 MAX_PIXELS = 40_000_000  # decoded size limit: a small file that decodes to gigabytes (a decompression bomb) is refused
 
@@ -145,9 +145,47 @@ class Segmenter:
             return instances, time.perf_counter() - start
 
 
+def instance_json(instance: Any) -> dict[str, Any]:
+    """One detected instance as /predict's JSON lists it (its mask as a pixel count only)."""
+    return {
+        "label": instance.name,
+        "label_id": instance.label,
+        "score": round(instance.score, 4),
+        "box": [round(value, 1) for value in instance.box],
+        "mask_pixels": int(instance.mask.sum()),
+    }
+
+
+def png_response(image: np.ndarray, instances: list[Any], masks: np.ndarray, share: float, classes: list[str]) -> Response:
+    """The image with its masks drawn, as a PNG answer; the masked share rides in a header."""
+    from utils.instances import draw_masks
+
+    drawn = draw_masks(image, masks, [i.label for i in instances], [i.score for i in instances], classes)
+    buffer = io.BytesIO()
+    Image.fromarray(drawn).save(buffer, format="PNG")
+    response = Response(buffer.getvalue(), mimetype="image/png")
+    response.headers["X-Masked-Percent"] = f"{share * 100:.3f}"
+    return response
+
+
+def model_json(segmenter: Segmenter, score_threshold: float) -> dict[str, Any]:
+    """What /model answers: the checkpoint, its classes, thresholds, input size and evaluation figures."""
+    meta = segmenter.meta
+    return {
+        "checkpoint": segmenter.checkpoint.name,
+        "classes": list(meta["class_names"]),
+        "backbone": meta.get("backbone"),
+        "score_threshold": score_threshold,
+        "mask_threshold": float(meta.get("mask_threshold", 0.5)),
+        "input_size": {"min_size": meta.get("min_size"), "max_size": meta.get("max_size")},
+        "evaluation": meta.get("figures"),
+        "load_s": round(segmenter.load_s, 3),
+    }
+
+
 def create_app(checkpoint: str | Path | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS) -> Flask:
     """The Flask app, with its model loaded. checkpoint: default MASK_API_CHECKPOINT, else the shipped model."""
-    from utils.instances import draw_masks, masked_share
+    from utils.instances import masked_share
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max_upload_bytes  # Flask answers 413 before reading a larger body
@@ -175,17 +213,7 @@ def create_app(checkpoint: str | Path | None = None, max_upload_bytes: int = MAX
 
     @app.get("/model")
     def model_info() -> Response:
-        meta = segmenter.meta
-        return jsonify(
-            checkpoint=segmenter.checkpoint.name,
-            classes=classes,
-            backbone=meta.get("backbone"),
-            score_threshold=default_threshold,
-            mask_threshold=float(meta.get("mask_threshold", 0.5)),
-            input_size={"min_size": meta.get("min_size"), "max_size": meta.get("max_size")},
-            evaluation=meta.get("figures"),
-            load_s=round(segmenter.load_s, 3),
-        )
+        return jsonify(model_json(segmenter, default_threshold))
 
     @app.post("/predict")
     def predict() -> Response:
@@ -198,24 +226,10 @@ def create_app(checkpoint: str | Path | None = None, max_upload_bytes: int = MAX
         masks = np.stack([instance.mask for instance in instances]) if instances else np.zeros((0, height, width), bool)
         share = masked_share(masks)
         if png:
-            drawn = draw_masks(image, masks, [i.label for i in instances], [i.score for i in instances], classes)
-            buffer = io.BytesIO()
-            Image.fromarray(drawn).save(buffer, format="PNG")
-            response = Response(buffer.getvalue(), mimetype="image/png")
-            response.headers["X-Masked-Percent"] = f"{share * 100:.3f}"
-            return response
+            return png_response(image, instances, masks, share, classes)
         return jsonify(
             image={"width": width, "height": height},
-            instances=[
-                {
-                    "label": instance.name,
-                    "label_id": instance.label,
-                    "score": round(instance.score, 4),
-                    "box": [round(value, 1) for value in instance.box],
-                    "mask_pixels": int(instance.mask.sum()),
-                }
-                for instance in instances
-            ],
+            instances=[instance_json(instance) for instance in instances],
             masked_percent=round(share * 100, 3),
             unmasked_percent=round(100 - share * 100, 3),
             score_threshold=threshold,

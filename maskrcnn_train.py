@@ -16,9 +16,9 @@ Run:
     python maskrcnn_train.py --data assets/data/balloon --compare resnet50 mobilenet_v3_large efficientnet_lite0 \
         efficientnet_lite2 --reuse assets/models/balloon_maskrcnn_efficientnet_lite0.pt --max-steps 0
 Measured (2-core x86 CPU shared with another agent's jobs, no GPU): the shipped efficientnet_lite0 model
-(assets/models/balloon_maskrcnn_efficientnet_lite0.pt, 12.1 MB FP16) trained 170 steps of 2 images on the 40 bundled
-balloon train images in 32 min; balloon val (13 images, 50 balloons, read at 512 px): segm AP 0.248, AP50 0.444;
-bbox AP 0.211, AP50 0.457 (target AP50 0.6 not reached; Detectron2's R50 from COCO weights: AP50 84 with 61 images).
+(assets/models/balloon_maskrcnn_efficientnet_lite0.pt, 12.1 MB FP16) trained 800 steps of 2 images on the 40 bundled
+balloon train images in 47 min; balloon val (13 images, 50 balloons, read at 512 px): segm AP 0.433, AP50 0.566;
+bbox AP 0.433, AP50 0.582 (its .txt/.json beside it; target AP50 0.6 not reached; Detectron2's R50 from COCO weights: AP50 84 with 61 images).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import shlex
 import sys
 import time
@@ -50,6 +49,7 @@ from utils.maskrcnn import (
     save_checkpoint,
     state_size_bytes,
 )
+from utils.outputs import new_figure, save_figure, write_run, write_text
 from utils.timing import device_name, time_calls
 from utils.training import check_resume_flags, restore_rng_state, restore_states, rng_state, warmup_cosine
 
@@ -349,15 +349,10 @@ def save_samples(model: torch.nn.Module, data: InstanceDataset, device: torch.de
 
 
 def plot_losses(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     if not history:
         return
     steps = [row["step"] for row in history]
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axis = new_figure(figsize=(7, 4))
     for key in [key for key in history[0] if key.startswith("loss")]:
         values = np.array([row[key] for row in history])
         window = min(20, len(values))  # a running mean: single steps on 2 images are noisy
@@ -366,8 +361,7 @@ def plot_losses(history: list[dict[str, float]], path: Path) -> None:
     axis.set(xlabel="step", ylabel=f"loss (running mean of {min(20, len(history))})", yscale="log", title="Mask R-CNN training loss")
     axis.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    save_figure(figure, path, dpi=100)
 
 
 def measure_latency(model: torch.nn.Module, data: InstanceDataset, device: torch.device, repeats: int) -> dict[str, float]:
@@ -459,10 +453,6 @@ def compare(
 
 def write_comparison(rows: list[dict[str, Any]], out: Path) -> None:
     """comparison.md (one table) and comparison.png (segm AP50 against CPU latency)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     def cell(row: dict[str, Any], key: str) -> str:
         return f"{row[key]:.3f}" if key in row else "-"
@@ -478,8 +468,8 @@ def write_comparison(rows: list[dict[str, Any]], out: Path) -> None:
             cells.append(f"{row['gpu_latency_ms']['median_ms']:.1f}" if "gpu_latency_ms" in row else "-")
         cells += [cell(row, "bbox_AP"), cell(row, "bbox_AP50"), cell(row, "segm_AP"), cell(row, "segm_AP50"), row["status"]]
         lines.append("| " + " | ".join(cells) + " |")
-    (out / "comparison.md").write_text("\n".join(lines) + "\n")
-    figure, axis = plt.subplots(figsize=(6, 4))
+    write_text(out / "comparison.md", "\n".join(lines) + "\n")
+    figure, axis = new_figure(figsize=(6, 4))
     for row in rows:
         y = row.get("segm_AP50", 0.0)
         axis.scatter(row["cpu_latency_ms"]["median_ms"], y, marker="o" if "segm_AP50" in row else "x")
@@ -488,8 +478,7 @@ def write_comparison(rows: list[dict[str, Any]], out: Path) -> None:
         )
     axis.set(xlabel="CPU latency per image, ms (2 threads, median)", ylabel="balloon val segm AP50", title="Mask R-CNN backbones")
     figure.tight_layout()
-    figure.savefig(out / "comparison.png", dpi=100)
-    plt.close(figure)
+    save_figure(figure, out / "comparison.png", dpi=100)
 
 
 ######################################################################################################################
@@ -593,7 +582,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             f"segm AP {result['segm_AP']:.3f} AP50 {result['segm_AP50']:.3f}; model {result['model_path']}",
             file=sys.stderr,
         )
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_run(out, results)
     return results
 
 

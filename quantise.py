@@ -50,7 +50,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import io
-import json
 import multiprocessing
 import resource
 import shutil
@@ -73,9 +72,10 @@ from utils.assets import (
     YOLOX_NANO_PATH,
     resolve_weights,
 )
-from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, set_threads
+from utils.cli import ArgumentParser, UserError, first_line, number, resolve_device, run_cli, set_threads
 from utils.detectors import OnnxSSDLitePersonDetector, OnnxYoloxDetector, TorchvisionDetector, build_detector, load_yolox_model
 from utils.metrics import box_iou
+from utils.outputs import new_figure, save_figure, write_run
 from utils.quantization import (
     ENGINES,
     OBSERVERS,
@@ -83,6 +83,7 @@ from utils.quantization import (
     load_state,
     quantize_classifier,
     quantize_detector,
+    quantize_onnx_static,
     read_artefact,
     save_artefact,
     set_engine,
@@ -110,7 +111,6 @@ LATENCY_SIZE = (427, 240)  # detectors are timed at video_main_person.py's worki
 # static calibration set sizes: ssdlite's AP@0.5 drop was 2.4 points with 32 frames, 1.7 with 96 (ORT calibrates
 # 96 frames in seconds); a Faster R-CNN frame costs ~0.5 s, and its 32 frames already cover the clip's variety
 CALIB_FRAMES = {"detector": 32, "onnx": 96, "classifier": 200}
-CALIB_CHUNK = 8  # calibration frames ONNX Runtime holds the activations of at once (make_onnx_artefact)
 PER_CHANNEL_OPSET = 13  # the first ONNX opset whose QuantizeLinear/DequantizeLinear take an axis (per-channel scales)
 # static INT8 activation calibration (--observer) per ONNX detector, the one that lost less AP@0.5 (evidence:
 # get_args_parser, onnx_float_nodes); torch models use histogram (utils/quantization.py)
@@ -228,7 +228,7 @@ def load_classifier(name: str) -> torch.nn.Module:
         with contextlib.redirect_stderr(io.StringIO()):
             return torch.hub.load("facebookresearch/dinov2", "dinov2_vits14_lc", trust_repo=True).eval()
     except Exception as error:  # offline: URLError, HTTPError, or git/zip errors, depending on the cache state
-        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        reason = first_line(error, limit=120)
         raise UserError(f"dinov2_vits14 comes from torch.hub (facebookresearch/dinov2) and needs internet once: {reason}") from None
 
 
@@ -291,15 +291,7 @@ def make_onnx_artefact(name: str, scheme: str, args: argparse.Namespace, out: Pa
     """ONNX Runtime INT8 of a bundled ONNX detector: dynamic (weights only) or static QDQ calibrated on real frames."""
     if scheme == "fp32":  # the file the detector loads by default
         return ONNX_DETECTORS[name]
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_dynamic,
-        quantize_static,
-    )
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
     prepared = out / f"{name}-preprocessed.onnx"
     if not prepared.is_file():  # shape inference + graph clean-up, as ONNX Runtime recommends before quantising
@@ -309,36 +301,9 @@ def make_onnx_artefact(name: str, scheme: str, args: argparse.Namespace, out: Pa
         quantize_dynamic(str(prepared), str(path), weight_type=QuantType.QInt8)
         return path
     feeds = onnx_calibration_feeds(name, read_spread_frames(args.calib, args.calib_frames))
-    # ONNX Runtime keeps every activation of every frame it is given at once (~85 MB a yolox_nano frame: 192 frames
-    # passed 16 GB), so it gets them in chunks: the most frames up to CALIB_CHUNK that divide the count (it requires that)
-    chunk = max(size for size in range(1, CALIB_CHUNK + 1) if len(feeds) % size == 0)
-    progress = tqdm(total=len(feeds), desc="calibrating", leave=False)
-
-    class Frames(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.feeds = iter(feeds)
-
-        def __len__(self) -> int:
-            return len(feeds)
-
-        def set_range(self, start_index: int, end_index: int) -> None:
-            self.feeds = iter(feeds[start_index:end_index])
-
-        def get_next(self) -> dict | None:
-            feed = next(self.feeds, None)
-            progress.update(feed is not None)
-            return feed
-
-    method = {"histogram": CalibrationMethod.Percentile, "minmax": CalibrationMethod.MinMax}[args.observer]
-    # per-channel weights; 7-bit weights (reduce_range) for the AVX2 16-bit overflow (u8s8 without VNNI saturates);
-    # CalibStridedMinMax hands ORT the frames chunk by chunk, whatever the calibration method
-    with contextlib.redirect_stdout(sys.stderr):  # the percentile calibrator prints its progress: stdout is the table's
-        quantize_static(
-            str(prepared), str(path), Frames(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, calibrate_method=method,
-            nodes_to_exclude=onnx_float_nodes(name, prepared), extra_options={"CalibStridedMinMax": chunk},
-        )  # fmt: skip
-    progress.close()
+    method = {"histogram": "Percentile", "minmax": "MinMax"}[args.observer]
+    # 7-bit weights (reduce_range) for the AVX2 16-bit overflow (u8s8 without VNNI saturates)
+    quantize_onnx_static(prepared, path, feeds, method, reduce_range=True, nodes_to_exclude=onnx_float_nodes(name, prepared))
     return path
 
 
@@ -433,70 +398,96 @@ def autocast_to(device: torch.device, dtype: torch.dtype | None) -> contextlib.A
     return torch.autocast(device.type, dtype) if dtype is not None else contextlib.nullcontext()
 
 
+def use_ieee_fp32(device: torch.device) -> None:
+    """On a GPU: FP32 means IEEE FP32 (with cuDNN's default TF32 convolutions the baseline would itself be reduced
+    precision), and the peak memory counts from here, per worker: this model alone, weights included."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.cuda.reset_peak_memory_stats(device)
+
+
+def load_measured_detector(job: dict[str, Any], device: torch.device, threads: int) -> Any:
+    """The detector of job's artefact, its float model on `device` (torchvision) and autocast to the scheme's dtype."""
+    name = job["model"]
+    if model_kind(name) == "onnx":
+        return build_detector(name, quantized=job["path"], score_thresh=AP_SCORE_FLOOR, threads=threads)
+    detector = build_detector(name, quantized=job["path"], score_thresh=AP_SCORE_FLOOR)  # rebuilt on the CPU
+    if device.type == "cuda":  # the float model moves over; detect() sends frames to detector.device and results back as numpy
+        detector.model.to(device)
+        detector.device = device
+    detector.autocast_dtype = AUTOCAST.get(job["scheme"])
+    return detector
+
+
+def time_and_run_detector(detector: Any, args: argparse.Namespace, job: dict[str, Any], on_gpu: bool) -> tuple[dict, dict, list]:
+    """Latency at batch 1 and args.batch_size on LATENCY_SIZE frames, then (job['evaluate']) person predictions on the
+    evaluation frames at their own size."""
+    import cv2
+
+    frames, _ = read_eval_frames(args.eval_frames)
+    small = [cv2.resize(frame, LATENCY_SIZE, interpolation=cv2.INTER_AREA) for frame in frames]
+    batches = [small[i : i + args.batch_size] for i in range(0, len(small) - args.batch_size + 1, args.batch_size)] or [small]
+    latency_1 = time_calls(lambda frame: detector.detect([frame]), small, args.warmup, args.repeats, on_gpu)
+    latency_b = time_calls(detector.detect, batches, max(args.warmup // 2, 1), max(args.repeats // 2, 3), on_gpu)
+    predictions = []
+    if job["evaluate"]:
+        for frame in tqdm(frames, desc=f"evaluating {job['scheme']}", leave=False):
+            found = detector.detect([frame])[0].persons()
+            predictions.append((found.boxes, found.scores))
+    return latency_1, latency_b, predictions
+
+
+def load_measured_classifier(job: dict[str, Any], device: torch.device) -> torch.nn.Module:
+    """The classifier saved in job's artefact, on `device`."""
+    name = job["model"]
+    artefact = read_artefact(job["path"], name)
+    model = classifier_structure(name)
+    if artefact["scheme"] in INT8_SCHEMES:  # the same recipe, calibrated on zeros: qparams come with the state
+        set_engine(artefact["backend"])
+        model = quantize_classifier(model, artefact["scheme"], artefact["backend"], lambda prepared: prepared(torch.zeros(1, 3, 224, 224)))
+    load_state(model, artefact["state_dict"], job["path"])
+    return model.to(device)
+
+
+def time_and_run_classifier(
+    model: torch.nn.Module, args: argparse.Namespace, job: dict[str, Any], device: torch.device
+) -> tuple[dict, dict, dict]:
+    """Latency at batch 1 and args.batch_size on the ImageNet samples, then top-5 predictions on every evaluation set."""
+    on_gpu, dtype = device.type == "cuda", AUTOCAST.get(job["scheme"])
+    sets = {key: (preprocess_images(job["model"], images), labels) for key, (images, labels) in read_eval_images(args).items()}
+
+    @torch.inference_mode()
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with autocast_to(device, dtype):
+            return model(batch.to(device)).float()
+
+    images = sets["imagenet"][0].to(device)  # on the device before timing: the model's latency, not the copy's
+    latency_1 = time_calls(run, list(images.split(1)), args.warmup, args.repeats, on_gpu)
+    latency_b = time_calls(run, list(images.split(args.batch_size)), max(args.warmup // 2, 1), max(args.repeats // 2, 3), on_gpu)
+    predictions = {key: torch.cat([run(chunk) for chunk in inputs.split(32)]).topk(5).indices for key, (inputs, _) in sets.items()}
+    return latency_1, latency_b, predictions
+
+
 def measure(job: dict[str, Any]) -> dict[str, Any]:
     """Load one artefact on job['device'] and measure it; runs in its own process. Returns figures and raw predictions,
     all in host memory (numpy and Python numbers)."""
     args = argparse.Namespace(**job["args"])
     set_threads(args.threads)
-    name, scheme, kind = job["model"], job["scheme"], model_kind(job["model"])
     device = torch.device(job["device"])
     on_gpu = device.type == "cuda"  # only FP32, bf16 and fp16 get here: plan_rows keeps INT8 on the CPU
-    dtype = AUTOCAST.get(scheme)
     if on_gpu:
-        # FP32 means IEEE FP32: with cuDNN's default TF32 convolutions the baseline would itself be reduced precision
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.cuda.reset_peak_memory_stats(device)  # per worker: the peak of this model alone, weights included
+        use_ieee_fp32(device)
+    is_detector = model_kind(job["model"]) in ("detector", "onnx")
     rss_before = rss_mb()
     start = time.perf_counter()
-    if kind in ("detector", "onnx"):
-        if kind == "detector":
-            detector = build_detector(name, quantized=job["path"], score_thresh=AP_SCORE_FLOOR)  # rebuilt on the CPU
-            if on_gpu:  # the float model moves over; detect() sends frames to detector.device and results back as numpy
-                detector.model.to(device)
-                detector.device = device
-            detector.autocast_dtype = dtype
-        else:
-            detector = build_detector(name, quantized=job["path"], score_thresh=AP_SCORE_FLOOR, threads=args.threads)
-        if on_gpu:
-            torch.cuda.synchronize(device)
-        load_s = time.perf_counter() - start
-        frames, _ = read_eval_frames(args.eval_frames)
-        import cv2
-
-        small = [cv2.resize(frame, LATENCY_SIZE, interpolation=cv2.INTER_AREA) for frame in frames]
-        batches = [small[i : i + args.batch_size] for i in range(0, len(small) - args.batch_size + 1, args.batch_size)] or [small]
-        latency_1 = time_calls(lambda frame: detector.detect([frame]), small, args.warmup, args.repeats, on_gpu)
-        latency_b = time_calls(detector.detect, batches, max(args.warmup // 2, 1), max(args.repeats // 2, 3), on_gpu)
-        predictions = []
-        if job["evaluate"]:
-            for frame in tqdm(frames, desc=f"evaluating {scheme}", leave=False):
-                found = detector.detect([frame])[0].persons()
-                predictions.append((found.boxes, found.scores))
+    model = load_measured_detector(job, device, args.threads) if is_detector else load_measured_classifier(job, device)
+    if on_gpu:
+        torch.cuda.synchronize(device)
+    load_s = time.perf_counter() - start
+    if is_detector:
+        latency_1, latency_b, predictions = time_and_run_detector(model, args, job, on_gpu)
     else:
-        artefact = read_artefact(job["path"], name)
-        model = classifier_structure(name)
-        if artefact["scheme"] in INT8_SCHEMES:  # the same recipe, calibrated on zeros: qparams come with the state
-            set_engine(artefact["backend"])
-            model = quantize_classifier(
-                model, artefact["scheme"], artefact["backend"], lambda prepared: prepared(torch.zeros(1, 3, 224, 224))
-            )
-        load_state(model, artefact["state_dict"], job["path"])
-        model.to(device)
-        if on_gpu:
-            torch.cuda.synchronize(device)
-        load_s = time.perf_counter() - start
-        sets = {key: (preprocess_images(name, images), labels) for key, (images, labels) in read_eval_images(args).items()}
-
-        @torch.inference_mode()
-        def run(batch: torch.Tensor) -> torch.Tensor:
-            with autocast_to(device, dtype):
-                return model(batch.to(device)).float()
-
-        images = sets["imagenet"][0].to(device)  # on the device before timing: the model's latency, not the copy's
-        latency_1 = time_calls(run, list(images.split(1)), args.warmup, args.repeats, on_gpu)
-        latency_b = time_calls(run, list(images.split(args.batch_size)), max(args.warmup // 2, 1), max(args.repeats // 2, 3), on_gpu)
-        predictions = {key: torch.cat([run(chunk) for chunk in inputs.split(32)]).topk(5).indices for key, (inputs, _) in sets.items()}
+        latency_1, latency_b, predictions = time_and_run_classifier(model, args, job, device)
     result = {
         "device_name": device_name(device),
         "load_s": load_s,
@@ -636,19 +627,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     """Latency vs accuracy (where measured) and size on disk, one point/bar per (scheme, device), coloured by device.
     Returns False, with a note, where matplotlib is missing: the table and results.json hold every figure anyway."""
     try:
-        import matplotlib
+        from matplotlib import ticker
+        from matplotlib.patches import Patch
     except ImportError:
         print("note: matplotlib is not installed: quantise.png not written", file=sys.stderr)
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
     measured = [row for row in rows if "skipped" not in row]
     devices = sorted({row["device"] for row in measured})
     labels = [f"{row['scheme']} {row['device']}" if len(devices) > 1 else row["scheme"] for row in measured]
     colours = [DEVICE_COLOURS.get(row["device"], "tab:red") for row in measured]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11 + 2 * (len(devices) > 1), 4))
+    figure, (left, right) = new_figure(1, 2, figsize=(11 + 2 * (len(devices) > 1), 4))
     latencies = [row["latency_batch1"]["median_ms"] for row in measured]
     accuracy_key = next((key for key in ("ap50", "imagenet_top1") if isinstance(measured[0].get("accuracy", {}).get(key), float)), None)
     if accuracy_key:
@@ -661,15 +650,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
                           xytext=(4, offset), fontsize=8)  # fmt: skip
         left.set(xlabel="latency, batch 1 (ms, median, log scale)", ylabel=accuracy_key)
         left.set_xscale("log")  # bf16 on a CPU without bf16 units sits 10x to the right, a GPU 10x to the left
-        left.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-        left.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        left.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        left.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+        left.xaxis.set_minor_formatter(ticker.NullFormatter())
         left.margins(x=0.25, y=0.25)  # room for the labels
     else:  # no accuracy to plot against: latency alone
         left.bar(labels, latencies, color=colours)
         left.set(ylabel="latency, batch 1 (ms, median, log scale)", xlabel=NOT_MEASURED.replace(":", " (accuracy):"))
         left.set_yscale("log")
-        left.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        left.yaxis.set_minor_formatter(ticker.NullFormatter())
     if len(devices) > 1:  # which colour is which device; bar labels turned so that "scheme device" pairs do not overlap
         left.legend(handles=[Patch(color=DEVICE_COLOURS.get(d, "tab:red"), label=d) for d in devices], title="device")
         for axes in (left, right):
@@ -679,8 +668,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
     right.bar(labels, [row["size_mb"] for row in measured], color="tab:gray")
     right.set(ylabel="size on disk (MB)", title="model size")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)
     return True
 
 
@@ -737,8 +725,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    kind = model_kind(args.model)
+def settle_defaults(args: argparse.Namespace, kind: str) -> None:
+    """Fill in the flags whose default depends on the model (--observer, --calib-frames) and on --quick."""
     if args.observer is None:
         args.observer = ONNX_OBSERVER.get(args.model, "histogram")
     if args.calib_frames is None:
@@ -746,6 +734,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         args.eval_frames, args.max_images = args.eval_frames or 6, args.max_images or 16
         args.warmup, args.repeats, args.calib_frames = 1, 3, min(args.calib_frames, 8)
+
+
+def plan_run(args: argparse.Namespace, kind: str) -> list[dict[str, str]]:
+    """The rows to measure, each (scheme, device) or a skipped one with its reason; says on stderr what is skipped."""
     schemes = resolve_schemes(args.model, args.scheme)
     set_engine(args.backend)
     set_threads(args.threads)
@@ -757,20 +749,34 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             print(f"note: {planned['scheme']} skipped: {planned['skipped']}", file=sys.stderr)
     if device == "cuda" and all(planned.get("device") != "cuda" for planned in plan):
         print(f"note: --device cuda: {', '.join(schemes)} run(s) on the CPU only; nothing here uses the GPU", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if kind == "detector":  # settle --weights auto now, in the one place that does it
         args.weights = resolve_weights(args.model, args.weights)
-    pretrained = kind != "detector" or args.weights.lower() != "none"
     if args.model == "dinov2_vits14":
         load_classifier(args.model)
     if "static" in schemes and kind in ("detector", "onnx"):  # check the calibration video now, not after FP32's run
         from utils.video import VideoSource
 
         VideoSource(args.calib).close()
+    return plan
 
-    labels = {key: labels for key, (_, labels) in read_eval_images(args).items()} if kind in CLASSIFIERS else None
-    gt_boxes = read_eval_frames(args.eval_frames)[1] if kind in ("detector", "onnx") else None
+
+def score_row(row: dict[str, Any], predictions: Any, reference: Any, truth: Any, args: argparse.Namespace, pretrained: bool) -> None:
+    """row['accuracy']: top-1/top-5 (classifiers) or AP and agreement with `reference`, FP32 on the same device
+    (detectors); truth: the classifiers' labels or the detectors' gt boxes."""
+    if model_kind(args.model) in CLASSIFIERS:
+        row["accuracy"] = classification_accuracy(predictions, truth, reference)
+    elif pretrained:
+        row["accuracy"] = detection_ap(predictions, truth)
+        if reference is not None:
+            threshold = detector_class(args.model).default_score_thresh  # each detector's own confidence floor
+            row["accuracy"].update(detection_agreement(reference, predictions, threshold, (640, 480)))
+    else:
+        row["accuracy"] = dict.fromkeys(("ap50", "ap", "matched_iou", "score_drift", "same_main_person"), NOT_MEASURED)
+
+
+def measure_rows(plan: list[dict[str, str]], args: argparse.Namespace, out: Path, truth: Any, pretrained: bool) -> list[dict[str, Any]]:
+    """Each planned row: its artefact (made once a scheme), measured in a fresh process, scored against the truth and
+    FP32 on the same device; speed-ups added at the end."""
     rows, fp32_predictions, artefacts = [], {}, {}
     for planned in tqdm(plan, desc=f"quantise {args.model}", unit="row"):
         scheme = planned["scheme"]
@@ -791,38 +797,50 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         }
         figures = measure_in_fresh_process(job)
         predictions = figures.pop("predictions")
-        reference = fp32_predictions.get(row["device"])  # agreement, like speed, is against FP32 on the same device
         row.update(artefact=str(path), size_mb=path.stat().st_size / 2**20, quantised_layers=counts, **figures)
-        if kind in CLASSIFIERS:
-            row["accuracy"] = classification_accuracy(predictions, labels, reference)
-        elif pretrained:
-            row["accuracy"] = detection_ap(predictions, gt_boxes)
-            if reference is not None:
-                threshold = detector_class(args.model).default_score_thresh  # each detector's own confidence floor
-                row["accuracy"].update(detection_agreement(reference, predictions, threshold, (640, 480)))
-        else:
-            row["accuracy"] = dict.fromkeys(("ap50", "ap", "matched_iou", "score_drift", "same_main_person"), NOT_MEASURED)
+        # agreement, like speed, is against FP32 on the same device
+        score_row(row, predictions, fp32_predictions.get(row["device"]), truth, args, pretrained)
         if scheme == "fp32":
             fp32_predictions[row["device"]] = predictions
         rows.append(row)
     add_speedups(rows)
+    return rows
 
+
+def write_outputs(rows: list[dict[str, Any]], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Print the table; write results.json, quantise.png and report.md in `out`; returns the results."""
     table = format_table(rows, args.batch_size)
     print(table)
     results = {"model": args.model, "backend": args.backend, "threads": args.threads, "torch": torch.__version__,
                "cpu_capability": torch.backends.cpu.get_cpu_capability(), "device": args.device,
                "devices": {row["device"]: row["device_name"] for row in rows if "device_name" in row}, "rows": rows}  # fmt: skip
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
     plotted = plot(rows, out / "quantise.png")
     machine = ", ".join(sorted(set(results["devices"].values())))
-    (out / "report.md").write_text(
+    report = (
         f"# Quantisation impact: {args.model} ({args.backend})\n\nMeasured on {machine}, {args.threads} threads, torch {torch.__version__}.\n\n"
         f"{table}\n" + ("\n![latency vs accuracy and size](quantise.png)\n" if plotted else "")
     )
+    write_run(out, results, report)
     print(
         f"wrote {out / 'results.json'}, {out / 'report.md'}{', ' + str(out / 'quantise.png') if plotted else ''} and the artefacts in {out}",
         file=sys.stderr,
     )
+    return results
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    kind = model_kind(args.model)
+    settle_defaults(args, kind)
+    plan = plan_run(args, kind)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pretrained = kind != "detector" or args.weights.lower() != "none"
+    if kind in CLASSIFIERS:
+        truth = {key: labels for key, (_, labels) in read_eval_images(args).items()}
+    else:
+        truth = read_eval_frames(args.eval_frames)[1]
+    rows = measure_rows(plan, args, out, truth, pretrained)
+    results = write_outputs(rows, args, out)
     shutil.rmtree(out / "__pycache__", ignore_errors=True)
     return results
 

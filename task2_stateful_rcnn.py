@@ -280,6 +280,50 @@ def max_difference(first: dict[str, torch.Tensor], second: dict[str, torch.Tenso
 
 
 @torch.inference_mode()
+def save_restore_difference(model: StatefulFasterRCNN, window_a: torch.Tensor, window_b: torch.Tensor, fresh_a: dict) -> float:
+    """A's first half, B in between, A's state put back, A's second half: against A run whole."""
+    half = window_a.shape[1] // 2
+    model.reset_state()
+    first = model.head_inputs(window_a[:, :half])
+    saved = model.get_state()
+    model.reset_state()
+    model.head_inputs(window_b)  # someone else uses the model in between
+    model.set_state(saved)
+    second = model.head_inputs(window_a[:, half:])
+    joined = {level: torch.cat([first[level], second[level]], dim=1) for level in first}
+    return max_difference(joined, fresh_a)
+
+
+def round_robin_difference(
+    model: StatefulFasterRCNN, window_a: torch.Tensor, window_b: torch.Tensor, fresh_a: dict, fresh_b: dict
+) -> float:
+    """A and B interleaved frame by frame, each with its own saved state: against each run alone."""
+    states: dict[str, State | None] = {"A": None, "B": None}
+    steps: dict[str, list] = {"A": [], "B": []}
+    for step in range(window_a.shape[1]):  # round-robin, frame by frame
+        for name, window in (("A", window_a), ("B", window_b)):
+            model.set_state(states[name])
+            steps[name].append(model.head_inputs(window[:, step : step + 1]))
+            states[name] = model.get_state()
+    round_robin = {name: {level: torch.cat([s[level] for s in parts], dim=1) for level in fresh_a} for name, parts in steps.items()}
+    return max(max_difference(round_robin["A"], fresh_a), max_difference(round_robin["B"], fresh_b))
+
+
+def train_mode_difference(model: StatefulFasterRCNN, window_a: torch.Tensor, window_b: torch.Tensor) -> float:
+    """In training mode (batch statistics would mix the frames of a backbone call), change only stream B's frames:
+    how much stream A's features and state move. Leaves the model in training mode."""
+    model.train()
+    model.reset_state()
+    together = model.head_inputs(torch.cat([window_a, window_b]))
+    state = model.get_state()
+    model.reset_state()
+    other_b = model.head_inputs(torch.cat([window_a, window_b.flip(-1)]))  # B mirrored; A's frames are the same
+    stream_a = {"features": (together, other_b), "state": (state, model.get_state())}
+    return max(
+        max_difference({k: v[:1] for k, v in first.items()}, {k: v[:1] for k, v in second.items()}) for first, second in stream_a.values()
+    )
+
+
 def check_state_behaviour(model: StatefulFasterRCNN, window_a: torch.Tensor, window_b: torch.Tensor) -> dict[str, float]:
     """Each check's largest difference in what the heads see; windows are (1, T, C, H, W) from two places.
 
@@ -290,7 +334,6 @@ def check_state_behaviour(model: StatefulFasterRCNN, window_a: torch.Tensor, win
     with training.
     """
     model.eval()
-    half = window_a.shape[1] // 2
     results = {}
 
     model.reset_state()
@@ -305,44 +348,16 @@ def check_state_behaviour(model: StatefulFasterRCNN, window_a: torch.Tensor, win
     model.reset_state()
     results["reset: B after A+reset == B fresh"] = max_difference(model.head_inputs(window_b), fresh_b)
 
-    model.reset_state()
-    first = model.head_inputs(window_a[:, :half])
-    saved = model.get_state()
-    model.reset_state()
-    model.head_inputs(window_b)  # someone else uses the model in between
-    model.set_state(saved)
-    second = model.head_inputs(window_a[:, half:])
-    joined = {level: torch.cat([first[level], second[level]], dim=1) for level in first}
-    results["save/restore: A split around B == A whole"] = max_difference(joined, fresh_a)
-
-    states: dict[str, State | None] = {"A": None, "B": None}
-    steps: dict[str, list] = {"A": [], "B": []}
-    for step in range(window_a.shape[1]):  # round-robin, frame by frame
-        for name, window in (("A", window_a), ("B", window_b)):
-            model.set_state(states[name])
-            steps[name].append(model.head_inputs(window[:, step : step + 1]))
-            states[name] = model.get_state()
-    round_robin = {name: {level: torch.cat([s[level] for s in parts], dim=1) for level in fresh_a} for name, parts in steps.items()}
-    results["round-robin A,B frame by frame == separate runs"] = max(
-        max_difference(round_robin["A"], fresh_a), max_difference(round_robin["B"], fresh_b)
-    )
+    results["save/restore: A split around B == A whole"] = save_restore_difference(model, window_a, window_b, fresh_a)
+    results["round-robin A,B frame by frame == separate runs"] = round_robin_difference(model, window_a, window_b, fresh_a, fresh_b)
 
     model.reset_state()
     together = model.head_inputs(torch.cat([window_a, window_b]))
     results["streams in one batch independent"] = max(
         max_difference({k: v[:1] for k, v in together.items()}, fresh_a), max_difference({k: v[1:] for k, v in together.items()}, fresh_b)
     )
-
-    # Training mode, where batch statistics would mix the frames of a backbone call: change only stream B's frames
-    model.train()
-    model.reset_state()
-    together = model.head_inputs(torch.cat([window_a, window_b]))
-    state = model.get_state()
-    model.reset_state()
-    other_b = model.head_inputs(torch.cat([window_a, window_b.flip(-1)]))  # B mirrored; A's frames are the same
-    stream_a = {"features": (together, other_b), "state": (state, model.get_state())}
-    results["train mode: stream A's features and state unchanged when only B's frames change"] = max(
-        max_difference({k: v[:1] for k, v in first.items()}, {k: v[:1] for k, v in second.items()}) for first, second in stream_a.values()
+    results["train mode: stream A's features and state unchanged when only B's frames change"] = train_mode_difference(
+        model, window_a, window_b
     )
     model.eval()
     return results

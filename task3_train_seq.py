@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 import time
@@ -42,6 +41,7 @@ from task2_stateful_rcnn import MAX_SEED, MIN_FRAME_SIDE, StatefulFasterRCNN, ad
 from utils.cli import ArgumentParser, OutOfRange, UserError, number, resolve_device, run_cli, seed_everything, set_threads
 from utils.detectors import PERSON
 from utils.mot import MotSequence
+from utils.outputs import atomic_path, new_figure, save_figure, write_json
 from utils.training import (
     check_resume_flags,
     load_checkpoint,
@@ -388,9 +388,9 @@ def eval_columns(scores: dict[str, dict[str, float]]) -> dict[str, float]:
 
 def write_metrics(out: Path, history: list[dict[str, float]]) -> None:
     """metrics.json and metrics.csv; the val_* columns are empty on the steps without an evaluation."""
-    (out / "metrics.json").write_text(json.dumps(history, indent=1) + "\n")
+    write_json(out / "metrics.json", history)
     columns = list(dict.fromkeys(key for row in history for key in row))
-    with (out / "metrics.csv").open("w", newline="") as file:
+    with atomic_path(out / "metrics.csv") as partial, partial.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(history)
@@ -398,13 +398,8 @@ def write_metrics(out: Path, history: list[dict[str, float]]) -> None:
 
 def plot_training(out: Path, history: list[dict[str, float]]) -> None:
     """Loss, the stateful layer's gradient norm and its weight change, against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [row["step"] for row in history]
-    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    figure, axes = new_figure(1, 3, figsize=(13, 3.6))
     for axis, key, title in zip(
         axes,
         ("loss", "stateful_grad_norm", "stateful_weight_change"),
@@ -416,8 +411,7 @@ def plot_training(out: Path, history: list[dict[str, float]]) -> None:
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(out / "training.png", dpi=110)
-    plt.close(figure)
+    save_figure(figure, out / "training.png", dpi=110)
 
 
 def print_step(row: dict[str, float]) -> None:
@@ -481,6 +475,68 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def train(
+    run: Run,
+    ddp_model: torch.nn.Module,
+    data: TrainingData,
+    args: argparse.Namespace,
+    device: torch.device,
+    rank: int,
+    world: int,
+    out: Path,
+) -> tuple[float, tuple[int, dict] | None]:
+    """One step per batch up to --max-steps (or --stop-after), evaluations and checkpoints on their steps; returns the
+    seconds it took and the last evaluation as (step, evaluation)."""
+    stop_at = min(args.max_steps, run.step + args.stop_after) if args.stop_after else args.max_steps
+    progress = tqdm(total=args.max_steps, initial=run.step, unit="step", desc="train", file=sys.stderr, disable=rank != 0)
+    last_eval: tuple[int, dict] | None = None  # the final evaluation reuses one made on the last step
+    started = time.perf_counter()
+    for batch in training_batches(data, args, run.step, stop_at, rank, world):
+        row = train_step(run, ddp_model, batch, args, device)
+        if rank == 0 and args.eval_every and run.step % args.eval_every == 0:
+            last_eval = (run.step, evaluate_run(run, data, args, device))
+            row.update(eval_columns(last_eval[1]))
+        run.history.append(row)
+        if rank == 0:
+            progress.update()
+            print_step(row)
+        if run.step % args.checkpoint_every == 0 or run.step == stop_at:
+            ranks = gather_rank_states(run, world)  # every rank takes part
+            if rank == 0:
+                save_run(out / "checkpoint.pt", run, args, ranks)
+    progress.close()
+    return time.perf_counter() - started, last_eval
+
+
+def final_results(
+    run: Run,
+    data: TrainingData,
+    args: argparse.Namespace,
+    device: torch.device,
+    rank: int,
+    world: int,
+    train_s: float,
+    last_eval: tuple[int, dict] | None,
+) -> dict[str, Any]:
+    """results.json: steps, time, the last history row and, on a finished run, the final evaluation (a run left
+    early with --stop-after is not finished)."""
+    results: dict[str, Any] = {
+        "steps": run.step,
+        "train_s": train_s,
+        "final": run.history[-1] if run.history else None,
+        "world_size": world,
+    }
+    if rank == 0 and data.has_val and run.step == args.max_steps:
+        results["eval"] = last_eval[1] if last_eval and last_eval[0] == run.step else evaluate_run(run, data, args, device)
+        stateful, stateless = results["eval"]["stateful"], results["eval"]["stateless"]
+        print(
+            f"val person mAP@0.5 / mAP@0.5:0.95: with state {stateful['map_50']:.3f} / {stateful['map']:.3f}, "
+            f"without {stateless['map_50']:.3f} / {stateless['map']:.3f}",
+            file=sys.stderr,
+        )
+    return results
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     device, rank, world = start(args)
     out = Path(args.out)
@@ -498,46 +554,12 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
             print(f"resumed from {args.resume} at step {run.step}", file=sys.stderr)
     ddp_model = torch.nn.parallel.DistributedDataParallel(run.model) if world > 1 else run.model
 
-    ##### training: one step per batch, evaluations and checkpoints on their steps
-    stop_at = min(args.max_steps, run.step + args.stop_after) if args.stop_after else args.max_steps
-    progress = tqdm(total=args.max_steps, initial=run.step, unit="step", desc="train", file=sys.stderr, disable=rank != 0)
-    last_eval: tuple[int, dict] | None = None
-    started = time.perf_counter()
-    for batch in training_batches(data, args, run.step, stop_at, rank, world):
-        row = train_step(run, ddp_model, batch, args, device)
-        if rank == 0 and args.eval_every and run.step % args.eval_every == 0:
-            last_eval = (run.step, evaluate_run(run, data, args, device))
-            row.update(eval_columns(last_eval[1]))
-        run.history.append(row)
-        if rank == 0:
-            progress.update()
-            print_step(row)
-        if run.step % args.checkpoint_every == 0 or run.step == stop_at:
-            ranks = gather_rank_states(run, world)  # every rank takes part
-            if rank == 0:
-                save_run(out / "checkpoint.pt", run, args, ranks)
-    progress.close()
-    train_s = time.perf_counter() - started
-
-    ##### final evaluation (a run left early with --stop-after is not finished) and report
-    results: dict[str, Any] = {
-        "steps": run.step,
-        "train_s": train_s,
-        "final": run.history[-1] if run.history else None,
-        "world_size": world,
-    }
-    if rank == 0 and data.has_val and run.step == args.max_steps:
-        results["eval"] = last_eval[1] if last_eval and last_eval[0] == run.step else evaluate_run(run, data, args, device)
-        stateful, stateless = results["eval"]["stateful"], results["eval"]["stateless"]
-        print(
-            f"val person mAP@0.5 / mAP@0.5:0.95: with state {stateful['map_50']:.3f} / {stateful['map']:.3f}, "
-            f"without {stateless['map_50']:.3f} / {stateless['map']:.3f}",
-            file=sys.stderr,
-        )
+    train_s, last_eval = train(run, ddp_model, data, args, device, rank, world, out)
+    results = final_results(run, data, args, device, rank, world, train_s, last_eval)
     if rank == 0 and run.history:
         write_metrics(out, run.history)
         plot_training(out, run.history)
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_json(out / "results.json", results)
         print(f"checkpoint, metrics and plot in {out}", file=sys.stderr)
     if world > 1:
         dist.destroy_process_group()

@@ -27,7 +27,7 @@ Run:
 Measured (benchmarks/bench_onnx.py, 2-core AMD EPYC AVX2, 2 threads, median of 3 runs): efficientnet_lite0 batch 1,
 ONNX Runtime 7.6 ms against eager 22.2 ms (2.92x; 2.86-3.23x per run); fasterrcnn_resnet50_fpn 240x427 batch 1,
 ONNX Runtime 845 ms against eager 722 ms (0.81x: ONNX Runtime's own convolutions are 78% of its time, slower than
-PyTorch's oneDNN ones on ResNet-50; RoIAlign 6%). GPU and TensorRT rows: not run yet (README says why).
+PyTorch's oneDNN ones on ResNet-50; RoIAlign 6%). GPU and TensorRT rows: not run yet (docs/tensorrt_convert.md says why).
 """
 
 from __future__ import annotations
@@ -60,22 +60,9 @@ from utils.onnx_export import (
     quantize_int8_qdq,
 )
 from utils.onnx_runtime import load_onnx_session, metadata_path
+from utils.outputs import new_figure, save_figure, write_run
 from utils.timing import device_name, time_calls
 
-ROWS = (  # report order; each is one way to run the model
-    "eager",  # PyTorch FP32, the baseline of every speed-up (on each device used)
-    "eager-fp16",  # autocast to float16 (CUDA only: CPUs have no fast FP16)
-    "compile",  # torch.compile (inductor): the whole classifier, the detectors' backbone+FPN (the rest is data-dependent)
-    "cuda-graphs",  # FP16 classifier captured once, replayed: no per-kernel launch cost (static shapes: no detectors)
-    "ort-cpu",  # ONNX Runtime, CPU provider, the FP32 graph
-    "ort-cpu-int8",  # ONNX Runtime, CPU provider, the INT8 Q/DQ graph that TensorRT INT8 is built from
-    "ort-cuda",  # ONNX Runtime, CUDA provider (onnxruntime-gpu)
-    "ort-tensorrt",  # ONNX Runtime, TensorRT provider (onnxruntime-gpu + tensorrt), FP16
-    "tensorrt-fp32",
-    "tensorrt-fp16",
-    "tensorrt-int8",
-)
-TENSORRT_ROWS = ("tensorrt-fp32", "tensorrt-fp16", "tensorrt-int8")
 IMAGENET = IMAGENET_SAMPLES  # classifier parity and accuracy images (Tiny-ImageNet train calibrates INT8)
 PARITY_SEQUENCE = TUD_CAMPUS  # detector parity and timing frames
 CALIB_VIDEO = ONE_BY_ONE_VIDEO  # another scene: no test-set calibration
@@ -131,55 +118,6 @@ class Runner:
     build_s: float = 0.0
     file_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def plan_rows(wanted: list[str], kind: str, device: torch.device, available: dict[str, str | None]) -> list[dict[str, Any]]:
-    """[{row, device} or {row, device, skipped: reason}] in report order. `available` maps a capability ('cuda',
-    'ort-cuda', 'ort-tensorrt', 'tensorrt') to None when present, else the reason it is not."""
-    on_cuda = device.type == "cuda"
-    plan = []
-    for row in ROWS:
-        if row not in wanted:
-            continue
-        if row == "eager":  # the baseline of every row on its device: the CPU's for ONNX Runtime CPU, the GPU's for the rest
-            if not on_cuda or any(name.startswith("ort-cpu") for name in wanted):
-                plan.append({"row": row, "device": "cpu"})
-            if on_cuda:
-                plan.append({"row": row, "device": "cuda"})
-            continue
-        target = "cpu" if row.startswith("ort-cpu") or (row == "compile" and not on_cuda) else "cuda"
-        reason = None
-        if target == "cuda":
-            reason = available["cuda"] if not on_cuda else None
-            reason = reason or {"ort-cuda": available["ort-cuda"], "ort-tensorrt": available["ort-tensorrt"]}.get(row)
-            if row.startswith("tensorrt"):
-                reason = reason or available["tensorrt"]
-            if row == "cuda-graphs" and kind != "classifier":
-                reason = reason or "a detector's proposals, NMS and output sizes depend on the data: no static graph to capture"
-        plan.append({"row": row, "device": target, **({"skipped": reason} if reason else {})})
-    return plan
-
-
-def what_is_available(device: torch.device) -> dict[str, str | None]:
-    """Which optional runtimes this machine has: None where present, else the reason."""
-    import onnxruntime as ort
-
-    from utils.tensorrt_runtime import tensorrt_missing
-
-    providers = ort.get_available_providers()
-    no_cuda = None
-    if device.type != "cuda":
-        no_cuda = "--device cpu" if torch.cuda.is_available() else f"no CUDA GPU visible to torch {torch.__version__}"
-    no_tensorrt = tensorrt_missing()
-    return {
-        "cuda": no_cuda,
-        "ort-cuda": None if "CUDAExecutionProvider" in providers else "onnxruntime has no CUDA provider (pip install onnxruntime-gpu)",
-        "ort-tensorrt": None
-        if "TensorrtExecutionProvider" in providers and no_tensorrt is None
-        else "onnxruntime's TensorRT provider needs onnxruntime-gpu and tensorrt (requirements-gpu.txt)",
-        # both reasons when both are missing: installing TensorRT alone would not be enough
-        "tensorrt": "; ".join(dict.fromkeys(reason for reason in (no_tensorrt, no_cuda) if reason)) or None,
-    }
 
 
 def torch_outputs(kind: str) -> Callable[[Any], Any]:
@@ -308,6 +246,166 @@ def tensorrt_runner(
 
 
 ######################################################################################################################
+# The rows: what each one is, said once
+
+
+@dataclass
+class RowContext:
+    """What a row's build step needs: the CPU reference model, the ONNX graphs made for the plan, the run's settings."""
+
+    name: str
+    kind: str
+    model: torch.nn.Module
+    variants: dict[str, Path]  # graph precision -> ONNX file: 'fp32' always, 'fp16'/'int8' when a planned row needs it
+    input_shape: list[int]
+    batch_sizes: list[int]
+    threads: int
+    args: argparse.Namespace
+
+
+def tensorrt_provider_runner(context: RowContext, device: torch.device) -> Runner:
+    """ONNX Runtime's TensorRT provider on the FP32 graph, FP16 enabled, its engines cached in --out."""
+    out = Path(context.args.out)
+    cache = {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(out / "ort-trt-cache")}
+    providers = [("TensorrtExecutionProvider", cache), "CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ort_runner(context.variants["fp32"], context.kind, providers, context.threads, device)
+
+
+def tensorrt_engine_runner(precision: str) -> Callable[[RowContext, torch.device], Runner]:
+    """The build step of the TensorRT row of `precision`: an engine of the ONNX graph of that precision."""
+
+    def build(context: RowContext, device: torch.device) -> Runner:
+        engine = Path(context.args.out) / f"{context.name}-trt-{precision}.engine"  # its JSON must not land on the ONNX variant's
+        return tensorrt_runner(
+            context.variants[precision], engine, precision, context.kind, context.input_shape, context.batch_sizes, context.args
+        )
+
+    return build
+
+
+def ort_cpu_runner(graph: str) -> Callable[[RowContext, torch.device], Runner]:
+    """The build step of an ONNX Runtime CPU row on the ONNX graph of precision `graph`."""
+    return lambda context, device: ort_runner(context.variants[graph], context.kind, ["CPUExecutionProvider"], context.threads, device)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One way to run the model. Every row is timed the same way (time_row, CUDA synchronised on 'cuda') and compared
+    with PyTorch eager FP32 on the CPU (parity_of)."""
+
+    name: str
+    device: str  # 'cpu', 'cuda', 'follow' (--device's) or 'each' (every device used: the baseline of each)
+    precision: str  # what the table says; on CUDA cuda_precision when given
+    build: Callable[[RowContext, torch.device], Runner]
+    needs: tuple[str, ...] = ()  # capabilities of what_is_available, in the order their absence is reported
+    graph: str = "fp32"  # the ONNX graph it runs, made only when a planned row needs it
+    classifier_only: bool = False  # static shapes: a detector's proposals, NMS and output sizes vary
+    cuda_precision: str | None = None
+
+
+REGISTRY = (  # report order
+    # PyTorch FP32, the baseline of every speed-up (on each device used)
+    Row("eager", "each", "fp32", lambda context, device: eager_runner(context.model, context.kind, device, None)),
+    # autocast to float16 (CUDA only: CPUs have no fast FP16)
+    Row("eager-fp16", "cuda", "fp16", lambda context, device: eager_runner(context.model, context.kind, device, torch.float16), ("cuda",)),
+    # torch.compile (inductor): the whole classifier, the detectors' backbone+FPN (the rest is data-dependent)
+    Row("compile", "follow", "fp32", lambda context, device: compile_runner(context.model, context.kind, device), cuda_precision="fp16"),
+    # FP16 classifier captured once, replayed: no per-kernel launch cost (static shapes: no detectors)
+    Row(
+        "cuda-graphs",
+        "cuda",
+        "fp16",
+        lambda context, device: cuda_graph_runner(context.model, context.batch_sizes),
+        ("cuda",),
+        classifier_only=True,
+    ),
+    # ONNX Runtime, CPU provider, the FP32 graph
+    Row("ort-cpu", "cpu", "fp32", ort_cpu_runner("fp32")),
+    # ONNX Runtime, CPU provider, the INT8 Q/DQ graph that TensorRT INT8 is built from
+    Row("ort-cpu-int8", "cpu", "int8", ort_cpu_runner("int8"), graph="int8"),
+    # ONNX Runtime, CUDA provider (onnxruntime-gpu)
+    Row(
+        "ort-cuda",
+        "cuda",
+        "fp32",
+        lambda context, device: ort_runner(
+            context.variants["fp32"], context.kind, ["CUDAExecutionProvider", "CPUExecutionProvider"], context.threads, device
+        ),
+        ("cuda", "ort-cuda"),
+    ),
+    # ONNX Runtime, TensorRT provider (onnxruntime-gpu + tensorrt), FP16
+    Row("ort-tensorrt", "cuda", "fp16", tensorrt_provider_runner, ("cuda", "ort-tensorrt")),
+    # TensorRT engines, each built from the ONNX graph of its precision
+    Row("tensorrt-fp32", "cuda", "fp32", tensorrt_engine_runner("fp32"), ("cuda", "tensorrt")),
+    Row("tensorrt-fp16", "cuda", "fp16", tensorrt_engine_runner("fp16"), ("cuda", "tensorrt"), graph="fp16"),
+    Row("tensorrt-int8", "cuda", "int8", tensorrt_engine_runner("int8"), ("cuda", "tensorrt"), graph="int8"),
+)
+REGISTERED = {row.name: row for row in REGISTRY}
+ROWS = tuple(REGISTERED)  # the names --rows takes
+TENSORRT_ROWS = tuple(row.name for row in REGISTRY if "tensorrt" in row.needs)
+STATIC_SHAPES_ONLY = "a detector's proposals, NMS and output sizes depend on the data: no static graph to capture"
+
+
+def what_is_available(device: torch.device) -> dict[str, str | None]:
+    """Which optional runtimes this machine has: None where present, else the reason."""
+    import onnxruntime as ort
+
+    from utils.tensorrt_runtime import tensorrt_missing
+
+    providers = ort.get_available_providers()
+    no_cuda = None
+    if device.type != "cuda":
+        no_cuda = "--device cpu" if torch.cuda.is_available() else f"no CUDA GPU visible to torch {torch.__version__}"
+    no_tensorrt = tensorrt_missing()
+    return {
+        "cuda": no_cuda,
+        "ort-cuda": None if "CUDAExecutionProvider" in providers else "onnxruntime has no CUDA provider (pip install onnxruntime-gpu)",
+        "ort-tensorrt": None
+        if "TensorrtExecutionProvider" in providers and no_tensorrt is None
+        else "onnxruntime's TensorRT provider needs onnxruntime-gpu and tensorrt (requirements-gpu.txt)",
+        # both reasons when both are missing: installing TensorRT alone would not be enough
+        "tensorrt": "; ".join(dict.fromkeys(reason for reason in (no_tensorrt, no_cuda) if reason)) or None,
+    }
+
+
+def row_devices(row: Row, on_cuda: bool, wanted: list[str]) -> list[str]:
+    """Where `row` runs: eager on the CPU for the CPU rows (or when there is no GPU) and on the GPU for the rest."""
+    if row.device == "each":
+        cpu_rows_wanted = any(REGISTERED[name].device == "cpu" for name in wanted if name in REGISTERED)
+        return ["cpu"] * (not on_cuda or cpu_rows_wanted) + ["cuda"] * on_cuda
+    if row.device == "follow":
+        return ["cuda" if on_cuda else "cpu"]
+    return [row.device]
+
+
+def skip_reason(row: Row, kind: str, on_cuda: bool, available: dict[str, str | None]) -> str | None:
+    """Why `row` cannot run here (the first missing piece), or None."""
+    reasons = [None if need == "cuda" and on_cuda else available[need] for need in row.needs]
+    if row.classifier_only and kind != "classifier":
+        reasons.append(STATIC_SHAPES_ONLY)
+    return next((reason for reason in reasons if reason), None)
+
+
+def plan_rows(wanted: list[str], kind: str, device: torch.device, available: dict[str, str | None]) -> list[dict[str, Any]]:
+    """[{row, device} or {row, device, skipped: reason}] in report order. `available` maps a capability ('cuda',
+    'ort-cuda', 'ort-tensorrt', 'tensorrt') to None when present, else the reason it is not."""
+    on_cuda = device.type == "cuda"
+    plan = []
+    for row in REGISTRY:
+        if row.name not in wanted:
+            continue
+        reason = skip_reason(row, kind, on_cuda, available)
+        for target in row_devices(row, on_cuda, wanted):
+            plan.append({"row": row.name, "device": target, **({"skipped": reason} if reason else {})})
+    return plan
+
+
+def precision_of(row: Row, device_type: str) -> str:
+    """What the table says the row computes in on `device_type`."""
+    return row.cuda_precision if device_type == "cuda" and row.cuda_precision else row.precision
+
+
+######################################################################################################################
 # Timing and parity of one row
 
 
@@ -408,14 +506,12 @@ def plot(rows: list[dict[str, Any]], batch_sizes: list[int], path: Path, title: 
     except ImportError:
         print(f"note: matplotlib is not installed: {path.name} not written", file=sys.stderr)
         return False
-    matplotlib.use("Agg")
     import matplotlib.patches
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
     measured = [row for row in rows if "skipped" not in row]
     colours = {"cpu": "tab:blue", "cuda": "tab:green"}
-    figure, axes = plt.subplots(1, len(batch_sizes), figsize=(6 * len(batch_sizes), 0.5 * len(measured) + 2), squeeze=False)
+    figure, axes = new_figure(1, len(batch_sizes), figsize=(6 * len(batch_sizes), 0.5 * len(measured) + 2), squeeze=False)
     for axis, batch in zip(axes[0], batch_sizes, strict=True):
         timed = [row for row in measured if "median_ms" in row[f"batch{batch}"]]
         labels = [f"{row['row']} ({row['device']})" for row in timed]
@@ -441,8 +537,7 @@ def plot(rows: list[dict[str, Any]], batch_sizes: list[int], path: Path, title: 
     handles = [matplotlib.patches.Patch(color=colours.get(device, "tab:red"), label=device) for device in devices]
     axes[0][-1].legend(handles=handles, title="device", loc="lower right")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)
     return True
 
 
@@ -499,35 +594,39 @@ def resolve_model(args: argparse.Namespace) -> tuple[str, dict[str, Any] | None]
         ) from None
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    unknown = [row for row in args.rows if row not in ROWS]
+def check_rows(args: argparse.Namespace) -> None:
+    """Refuse unknown --rows; --quick shrinks inputs and timing calls to a CI smoke run."""
+    unknown = [row for row in args.rows if row not in REGISTERED]
     if unknown:
         raise UserError(f"unknown --rows {' '.join(unknown)}; choose from {' '.join(ROWS)}")
     if args.quick:
         args.images, args.frames, args.calib = min(args.images, 8), min(args.frames, 4), args.calib or 8
         args.warmup, args.repeats, args.batch_sizes = 1, 3, [1, 2]
-    name, onnx_metadata = resolve_model(args)
-    kind = "classifier" if name in CLASSIFIERS else "detector"
-    if name in TORCHVISION_DETECTORS and onnx_metadata is None:
-        args.weights = resolve_weights(name, args.weights)
-    elif name in CLASSIFIERS and args.weights == "auto":
-        args.weights = "DEFAULT"
+
+
+def resolve_weights_of(name: str, args: argparse.Namespace, onnx_metadata: dict[str, Any] | None) -> str:
+    """The weights the run uses: --onnx's own, else --weights resolved (auto: DEFAULT when it can be had)."""
     if onnx_metadata is not None:
-        args.weights = onnx_metadata["weights"]
-    threads = set_threads(args.threads)
-    device = resolve_device(args.device)
-    batch_sizes = sorted(set(args.batch_sizes))
-    available = what_is_available(device)
-    plan = plan_rows(args.rows, kind, device, available)
-    tensorrt_wanted = any(row in args.rows for row in TENSORRT_ROWS)
-    if tensorrt_wanted and available["tensorrt"]:
+        return onnx_metadata["weights"]
+    if name in TORCHVISION_DETECTORS:
+        return resolve_weights(name, args.weights)
+    return "DEFAULT" if name in CLASSIFIERS and args.weights == "auto" else args.weights
+
+
+def check_tensorrt(args: argparse.Namespace, available: dict[str, str | None]) -> bool:
+    """Whether TensorRT rows were asked for; says now that they are skipped, or stops under --require-tensorrt."""
+    wanted = any(row in args.rows for row in TENSORRT_ROWS)
+    if wanted and available["tensorrt"]:
         if args.require_tensorrt:
             raise UserError(f"--require-tensorrt: TensorRT cannot run here: {available['tensorrt']}")
         print(f"TensorRT: skipped ({available['tensorrt']})", file=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    return wanted
 
-    # 1. ONNX: the FP32 graph, and the variants that the planned rows need
+
+def export_fp32(
+    name: str, kind: str, args: argparse.Namespace, onnx_metadata: dict[str, Any] | None, out: Path
+) -> tuple[Path, dict[str, Any], dict[str, Any], tuple[int, int]]:
+    """(ONNX path, its metadata, model settings, image size): --onnx as given, else --model exported to OUT."""
     settings = dict(onnx_metadata.get("settings", {})) if onnx_metadata else {}
     image_size = tuple(settings.pop("image_size", (240, 427)))
     if onnx_metadata is None:
@@ -538,62 +637,90 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         onnx_path = Path(args.onnx)
     onnx_metadata = json.loads(metadata_path(onnx_path).read_text())
     print(f"ONNX: {onnx_path} ({onnx_path.stat().st_size / 2**20:.1f} MB, opset {onnx_metadata['opset']})", file=sys.stderr)
+    return onnx_path, onnx_metadata, settings, image_size
+
+
+def read_inputs(kind: str, args: argparse.Namespace, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """(inputs timed and compared, their labels (classifiers) or None, INT8 calibration inputs)."""
     if kind == "classifier":
-        inputs, labels, calibration = read_classifier_inputs(args.images, args.calib or 64)
-    else:
-        inputs, calibration = read_detector_inputs(args.frames, args.calib or 16, image_size)
-        labels = None
+        return read_classifier_inputs(args.images, args.calib or 64)
+    inputs, calibration = read_detector_inputs(args.frames, args.calib or 16, image_size)
+    return inputs, None, calibration
+
+
+def make_variants(plan: list[dict[str, Any]], onnx_path: Path, name: str, calibration: np.ndarray, out: Path) -> dict[str, Path]:
+    """The ONNX graphs the planned rows run: FP32 always, FP16 and INT8 Q/DQ only when a row needs them."""
+    graphs = {REGISTERED[planned["row"]].graph for planned in plan if "skipped" not in planned}
     variants = {"fp32": onnx_path}
-    needs = {planned["row"] for planned in plan if "skipped" not in planned}
-    if needs & {"tensorrt-fp16"}:
+    if "fp16" in graphs:
         variants["fp16"] = convert_fp16(onnx_path, out / f"{name}-fp16.onnx")
-    if needs & {"tensorrt-int8", "ort-cpu-int8"}:
+    if "int8" in graphs:
         variants["int8"] = quantize_int8_qdq(onnx_path, out / f"{name}-int8.onnx", [array[None] for array in calibration])
+    return variants
+
+
+def run_row(planned: dict[str, Any], context: RowContext, inputs: np.ndarray, labels: np.ndarray | None, reference: list) -> dict[str, Any]:
+    """One planned row: built by its registry entry, compared with the reference, timed; or its skip reason."""
+    row, row_device = REGISTERED[planned["row"]], torch.device(planned["device"])
+    result: dict[str, Any] = {"row": row.name, "precision": precision_of(row, row_device.type), "device": row_device.type}
+    if "skipped" in planned:
+        return {**result, "skipped": planned["skipped"]}
+    runner = row.build(context, row_device)
+    sync = row_device.type == "cuda"
+    parity = parity_of(context.kind, reference, outputs_of(runner, inputs, sync), labels)
+    result.update(time_row(runner, inputs, context.batch_sizes, context.args.warmup, context.args.repeats, sync))
+    result.update(
+        device_name=device_name(row_device),
+        build_s=runner.build_s,
+        file_bytes=runner.file_bytes,
+        parity=parity,
+        parity_text=parity_text(context.kind, parity),
+        notes=runner.notes,
+    )
+    return result
+
+
+def write_report(results: dict[str, Any], table: str, out: Path) -> None:
+    """results.json, tensorrt_convert.png and report.md (the table, and the plot when matplotlib is there) in OUT."""
+    name, weights, threads, tensorrt = results["model"], results["weights"], results["threads"], results["tensorrt"]
+    plotted = plot(results["rows"], results["batch_sizes"], out / "tensorrt_convert.png", name)
+    machine = ", ".join(sorted(set(results["devices"].values())))
+    tensorrt_line = "" if tensorrt["ran"] else f"\nTensorRT: not run ({tensorrt['skipped']}).\n"
+    report = (
+        f"# Export and speed-up: {name} ({weights} weights)\n\nMeasured on {machine}, {threads} CPU threads, torch {torch.__version__}.\n\n"
+        f"{table}\n{tensorrt_line}" + ("\n![latency and speed-up per row](tensorrt_convert.png)\n" if plotted else "")
+    )
+    write_run(out, results, report)
+    print(
+        f"wrote {out / 'results.json'}, {out / 'report.md'}{', ' + str(out / 'tensorrt_convert.png') if plotted else ''}", file=sys.stderr
+    )
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    # 0. what to run: the model, its weights, the rows this machine can run
+    check_rows(args)
+    name, onnx_metadata = resolve_model(args)
+    kind = "classifier" if name in CLASSIFIERS else "detector"
+    args.weights = resolve_weights_of(name, args, onnx_metadata)
+    threads = set_threads(args.threads)
+    device = resolve_device(args.device)
+    batch_sizes = sorted(set(args.batch_sizes))
+    available = what_is_available(device)
+    plan = plan_rows(args.rows, kind, device, available)
+    tensorrt_wanted = check_tensorrt(args, available)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 1. ONNX: the FP32 graph, the real inputs, and the graph variants that the planned rows need
+    onnx_path, onnx_metadata, settings, image_size = export_fp32(name, kind, args, onnx_metadata, out)
+    inputs, labels, calibration = read_inputs(kind, args, image_size)
+    variants = make_variants(plan, onnx_path, name, calibration, out)
 
     # 2-3. every row: build, parity against eager FP32 on the CPU, timing
     model = build_export_model(name, args.weights, image_size, **settings)
     reference = outputs_of(eager_runner(model, kind, torch.device("cpu"), None), inputs, sync=False)
-    rows = []
-    for planned in tqdm(plan, desc=f"rows of {name}", unit="row"):
-        row_name, row_device = planned["row"], torch.device(planned["device"])
-        precision = {"eager-fp16": "fp16", "cuda-graphs": "fp16", "ort-cpu-int8": "int8", "ort-tensorrt": "fp16"}.get(row_name, "fp32")
-        precision = row_name.split("-")[1] if row_name.startswith("tensorrt") else precision
-        precision = "fp16" if row_name == "compile" and row_device.type == "cuda" else precision
-        row: dict[str, Any] = {"row": row_name, "precision": precision, "device": row_device.type}
-        if "skipped" in planned:
-            rows.append({**row, "skipped": planned["skipped"]})
-            continue
-        if row_name == "eager":
-            runner = eager_runner(model, kind, row_device, None)
-        elif row_name == "eager-fp16":
-            runner = eager_runner(model, kind, row_device, torch.float16)
-        elif row_name == "compile":
-            runner = compile_runner(model, kind, row_device)
-        elif row_name == "cuda-graphs":
-            runner = cuda_graph_runner(model, batch_sizes)
-        elif row_name in ("ort-cpu", "ort-cpu-int8"):
-            runner = ort_runner(variants[precision], kind, ["CPUExecutionProvider"], threads, row_device)
-        elif row_name == "ort-cuda":
-            runner = ort_runner(onnx_path, kind, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads, row_device)
-        elif row_name == "ort-tensorrt":
-            cache = {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": str(out / "ort-trt-cache")}
-            providers = [("TensorrtExecutionProvider", cache), "CUDAExecutionProvider", "CPUExecutionProvider"]
-            runner = ort_runner(onnx_path, kind, providers, threads, row_device)
-        else:
-            engine = out / f"{name}-trt-{precision}.engine"  # its JSON must not land on the ONNX variant's
-            runner = tensorrt_runner(variants[precision], engine, precision, kind, list(inputs.shape), batch_sizes, args)
-        sync = row_device.type == "cuda"
-        parity = parity_of(kind, reference, outputs_of(runner, inputs, sync), labels)
-        row.update(time_row(runner, inputs, batch_sizes, args.warmup, args.repeats, sync))
-        row.update(
-            device_name=device_name(row_device),
-            build_s=runner.build_s,
-            file_bytes=runner.file_bytes,
-            parity=parity,
-            parity_text=parity_text(kind, parity),
-            notes=runner.notes,
-        )
-        rows.append(row)
+    context = RowContext(name, kind, model, variants, list(inputs.shape), batch_sizes, threads, args)
+    rows = [run_row(planned, context, inputs, labels, reference) for planned in tqdm(plan, desc=f"rows of {name}", unit="row")]
     add_speedups(rows, batch_sizes)
 
     # 4. report
@@ -618,17 +745,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "tensorrt": tensorrt,
         "rows": rows,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    plotted = plot(rows, batch_sizes, out / "tensorrt_convert.png", name)
-    machine = ", ".join(sorted(set(results["devices"].values())))
-    tensorrt_line = "" if tensorrt["ran"] else f"\nTensorRT: not run ({tensorrt['skipped']}).\n"
-    (out / "report.md").write_text(
-        f"# Export and speed-up: {name} ({args.weights} weights)\n\nMeasured on {machine}, {threads} CPU threads, torch {torch.__version__}.\n\n"
-        f"{table}\n{tensorrt_line}" + ("\n![latency and speed-up per row](tensorrt_convert.png)\n" if plotted else "")
-    )
-    print(
-        f"wrote {out / 'results.json'}, {out / 'report.md'}{', ' + str(out / 'tensorrt_convert.png') if plotted else ''}", file=sys.stderr
-    )
+    write_report(results, table, out)
     return results
 
 

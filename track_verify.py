@@ -50,16 +50,18 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from utils.assets import TRACK_CROPS, TUD_CAMPUS
 from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, seed_everything, set_threads
 from utils.mot import find_mot_sequences, read_mot_sequence
+from utils.outputs import atomic_path, new_figure, save_figure, write_run
 from utils.training import save_checkpoint, warmup_cosine
 from utils.video import IMAGE_EXTENSIONS, read_rgb_image
 
 REPO = Path(__file__).resolve().parent
 BUNDLED_DATA = [
-    REPO / "assets/data/TUD-Campus",
-    REPO / "assets/data/track-crops/PETS09-S2L1",
-    REPO / "assets/data/track-crops/ADL-Rundle-6",
+    TUD_CAMPUS,
+    TRACK_CROPS / "PETS09-S2L1",
+    TRACK_CROPS / "ADL-Rundle-6",
 ]
 CROP_SIZE = (256, 128)  # height, width: the re-identification standard for upright people (Market-1501 and after)
 CACHE_VERSION = 1  # bump when crop or preprocessing rules change: older caches are then rebuilt
@@ -253,9 +255,8 @@ def describe_sequences(
             counts["computed"] += len(descriptors)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                partial = path.with_suffix(".partial.npz")
-                np.savez(partial, meta=json.dumps(meta), descriptors=descriptors)
-                partial.replace(path)  # a run killed mid-write leaves no half cache behind
+                with atomic_path(path) as partial, partial.open("wb") as file:  # a run killed mid-write leaves no half cache
+                    np.savez(file, meta=json.dumps(meta), descriptors=descriptors)
         start = 0
         for identity in sequence.identities:
             count = sum(len(crops) for crops in identity.sources)
@@ -607,12 +608,7 @@ def resolution_statement(result: dict[str, Any], fprs: tuple[float, ...]) -> str
 
 
 def plot(results: dict[str, dict[str, Any]], histories: dict[str, dict[str, Any]], fprs: tuple[float, ...], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (roc_axes, loss_axes) = plt.subplots(1, 2, figsize=(12, 4.5))
+    figure, (roc_axes, loss_axes) = new_figure(1, 2, figsize=(12, 4.5))
     negatives = next(iter(results.values()))["negative_pairs"]
     for method, result in results.items():
         fpr, tpr = np.array(result["roc"]["fpr"]), np.array(result["roc"]["tpr"])
@@ -637,8 +633,7 @@ def plot(results: dict[str, dict[str, Any]], histories: dict[str, dict[str, Any]
     if histories:
         loss_axes.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, dpi=110)
 
 
 ########################################################################################################################
@@ -718,38 +713,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    device = resolve_device(args.device)
-    set_threads(args.threads)
-    seed_everything(args.seed)
-    fprs = tuple(sorted(args.fprs))
+def read_data(args: argparse.Namespace) -> list[Sequence]:
+    """The sequences of --data, with a note on identities too short for a track; none left is an error."""
     sequences = read_sequences([Path(path) for path in args.data], args.track_length)
     skipped = sum(sequence.skipped for sequence in sequences)
     if skipped:
         print(f"skipped {skipped} identities with fewer than {args.track_length} crops in any track", file=sys.stderr)
     if not any(sequence.identities for sequence in sequences):
         raise UserError(f"no identity has a track of {args.track_length} crops ({skipped} skipped): lower --track-length")
-    if args.export_crops is not None:
-        if any(sequence.layout != "mot" for sequence in sequences):
-            raise UserError("--export-crops reads MOT sequences (img1/ + gt/gt.txt); these are crops already")
-        return export_crops(sequences, args.export_crops, args.export_height)
+    return sequences
 
-    started = time.perf_counter()
-    cache = describe_sequences(
-        sequences, args.backbone, args.weights, Path(args.cache_dir) if str(args.cache_dir) else None, device, args.batch_size
-    )
-    describe_seconds = time.perf_counter() - started
-    train, test = split_identities(sequences, args.test_fraction, args.test_sequences, args.seed)
-    assert not {i.name for i in train} & {i.name for i in test}  # the bug that sank the public MCS solution
 
-    test_tracks, owners = [], []
+def test_tracks_of(test: list[Identity], track_length: int, tracks_per_identity: int) -> tuple[np.ndarray, np.ndarray]:
+    """The evaluation tracks of the test identities, stacked, and the index of each one's identity."""
+    tracks, owners = [], []
     for index, identity in enumerate(test):
-        for indices in evaluation_tracks(identity, args.track_length, args.tracks_per_identity):
-            test_tracks.append(identity.descriptors[indices])
+        for indices in evaluation_tracks(identity, track_length, tracks_per_identity):
+            tracks.append(identity.descriptors[indices])
             owners.append(index)
-    test_tracks, owners = np.stack(test_tracks), np.array(owners)
-    dim = test_tracks.shape[-1]
+    return np.stack(tracks), np.array(owners)
 
+
+def train_learned(
+    args: argparse.Namespace, train: list[Identity], dim: int, device: torch.device
+) -> tuple[dict[str, nn.Module], dict[str, dict[str, Any]]]:
+    """The fixed baselines plus each learned aggregator of --aggregator, trained and saved as OUT/<name>.pt."""
     methods: dict[str, nn.Module] = {"single": SingleFrame(), "mean": MeanPool()}
     histories: dict[str, dict[str, Any]] = {}
     learned = [] if args.aggregator == "none" else list(LEARNED) if args.aggregator == "all" else [args.aggregator]
@@ -762,17 +750,30 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         methods[name] = model
         settings = {key: value for key, value in vars(args).items() if key not in ("data", "out", "cache_dir", "export_crops")}
         save_checkpoint(args.out / f"{name}.pt", model=model, aggregator=name, dim=dim, args=settings)
+    return methods, histories
 
+
+def evaluate_methods(
+    methods: dict[str, nn.Module],
+    tracks: np.ndarray,
+    owners: np.ndarray,
+    fprs: tuple[float, ...],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> dict[str, dict[str, Any]]:
+    """Each method's verification result on the test tracks; a learned one also on the first crop alone."""
     results = {}
     for name, model in tqdm(methods.items(), desc="evaluate", file=sys.stderr, leave=False):
         model.to(device).eval()
-        results[name] = evaluate(embed(model, test_tracks, device), owners, fprs, args.bootstrap, args.seed)
+        results[name] = evaluate(embed(model, tracks, device), owners, fprs, args.bootstrap, args.seed)
         if name in LEARNED:  # the same model on the first crop alone: what the track itself adds
-            results[f"{name} (1 crop)"] = evaluate(embed(model, test_tracks[:, :1], device), owners, fprs, args.bootstrap, args.seed)
+            results[f"{name} (1 crop)"] = evaluate(embed(model, tracks[:, :1], device), owners, fprs, args.bootstrap, args.seed)
+    return results
 
-    table = markdown_table(results, fprs)
-    statement = resolution_statement(results["single"], fprs)
-    summary = {
+
+def data_summary(sequences: list[Sequence], train: list[Identity], test: list[Identity]) -> dict[str, Any]:
+    """Per sequence: its layout and how its identities split; and the names on each side of the split."""
+    return {
         "sequences": {
             s.name: {
                 "layout": s.layout,
@@ -786,20 +787,49 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "train_identities": [i.name for i in train],
         "test_identities": [i.name for i in test],
     }
-    print(table)
-    print(statement)
-    report = (
+
+
+def report_text(args: argparse.Namespace, dim: int, table: str, statement: str, summary: dict[str, Any]) -> str:
+    return (
         f"# Track verification\n\nBackbone {args.backbone} (frozen, {dim}-D), tracks of {args.track_length} crops, "
         f"{args.mining} triplet mining, {args.steps} steps.\n\n{table}\n\n{statement}\n\n"
-        f"Train: {len(train)} identities; test: {len(test)} identities, none in both.\n\n"
+        f"Train: {len(summary['train_identities'])} identities; test: {len(summary['test_identities'])} identities, none in both.\n\n"
         + "\n".join(
             f"- {name}: {v['identities']} identities ({v['train']} train, {v['test']} test, {v['skipped_identities']} too short)"
             for name, v in summary["sequences"].items()
         )
         + "\n\n![ROC](roc.png)\n"
     )
-    (args.out / "report.md").write_text(report)
-    plot(results, histories, fprs, args.out / "roc.png")
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    device = resolve_device(args.device)
+    set_threads(args.threads)
+    seed_everything(args.seed)
+    fprs = tuple(sorted(args.fprs))
+    sequences = read_data(args)
+    if args.export_crops is not None:
+        if any(sequence.layout != "mot" for sequence in sequences):
+            raise UserError("--export-crops reads MOT sequences (img1/ + gt/gt.txt); these are crops already")
+        return export_crops(sequences, args.export_crops, args.export_height)
+
+    started = time.perf_counter()
+    cache = describe_sequences(
+        sequences, args.backbone, args.weights, Path(args.cache_dir) if str(args.cache_dir) else None, device, args.batch_size
+    )
+    describe_seconds = time.perf_counter() - started
+    train, test = split_identities(sequences, args.test_fraction, args.test_sequences, args.seed)
+    assert not {i.name for i in train} & {i.name for i in test}  # the bug that sank the public MCS solution
+    test_tracks, owners = test_tracks_of(test, args.track_length, args.tracks_per_identity)
+    dim = test_tracks.shape[-1]
+    methods, histories = train_learned(args, train, dim, device)
+    results = evaluate_methods(methods, test_tracks, owners, fprs, args, device)
+
+    table = markdown_table(results, fprs)
+    statement = resolution_statement(results["single"], fprs)
+    summary = data_summary(sequences, train, test)
+    print(table)
+    print(statement)
     output = {
         "backbone": args.backbone,
         "descriptor_dim": dim,
@@ -814,7 +844,8 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "results": {name: {k: v for k, v in r.items() if k != "roc"} for name, r in results.items()},
         "statement": statement,
     }
-    (args.out / "results.json").write_text(json.dumps(output, indent=2))
+    write_run(args.out, output, report_text(args, dim, table, statement, summary))
+    plot(results, histories, fprs, args.out / "roc.png")
     output["histories"] = histories
     output["roc"] = {name: r["roc"] for name, r in results.items()}
     return output

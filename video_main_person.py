@@ -7,7 +7,7 @@ Run:
     python video_main_person.py --source 0 --batch-size 1                   # a webcam; also URLs, image folders
     python video_main_person.py --source clip.mp4 --detector fasterrcnn_resnet50_fpn   # the brief's model (online once)
 Measured (2 shared x86 cores, benchmarks/bench_video.py): 96-102 FPS end to end with the default yolox_nano, 60-62
-with ssdlite_person; README.md ("Measured figures").
+with ssdlite_person; docs/measured.md.
 
 The main person
 ---------------
@@ -23,7 +23,7 @@ the very edge but never vetoes a large one. Then, over time:
   the detection with the highest IoU with their predicted box (IoU >= 0.3): a walking person moves little between
   frames; with bytetrack, every frame's person boxes go through supervision's ByteTrack (a Kalman filter per person,
   a second matching pass for weak detections) and the main person is the detection carrying their track id. iou
-  stays the default: ByteTrack lost one frame on the tuning sequences and did no better held out (README);
+  stays the default: ByteTrack lost one frame on the tuning sequences and did no better held out (docs/video_main_person.md);
 - hysteresis: another person takes over only when their salience beats the current one's by --switch-margin (1.3x)
   for --switch-frames (3) frames in a row, so the choice does not flicker between two people of similar size;
 - motion: the main person's box moves at their recent velocity (an average of the last frame-to-frame shifts), so
@@ -50,11 +50,13 @@ torch.inference_mode() in channels_last with batch norms folded into the convolu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -62,17 +64,18 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from utils.assets import TORCHVISION_DETECTORS
+from utils.assets import ONE_BY_ONE_VIDEO, TORCHVISION_DETECTORS
 from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, seed_everything, set_threads
 from utils.detectors import DETECTORS, PERSON, build_detector, yolox_size_for
 from utils.draw import HELD_COLOR, MAIN_COLOR, OTHER_COLOR, draw_box, draw_caption
 from utils.main_person import MainPerson, add_association_argument, make_selector
+from utils.outputs import atomic_path, write_run
 from utils.timing import StageTimer, format_summary, summarize
 from utils.video import MAX_PIXELS, Letterbox, ThreadedReader, VideoSource, VideoWriter
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 OUTPUT_WIDTH, OUTPUT_HEIGHT = 427, 240  # the brief's output resolution (WxH)
-DEFAULT_SOURCE = "assets/videos/one-by-one-person-detection.mp4"
+DEFAULT_SOURCE = str(ONE_BY_ONE_VIDEO)  # absolute: the default works from any folder
 
 ######################################################################################################################
 # Geometry: each frame's size decides where it lands in the output and what the detector sees
@@ -158,10 +161,11 @@ class JsonLines:
         if self.path is None:
             self._file: IO[str] = sys.stdout
             return
-        self._partial = self.path.with_name(f".{self.path.name}.partial")
+        self._target = atomic_path(self.path)  # renamed onto the path by close(), removed by abort()
         try:
-            self._file = self._partial.open("w")
+            self._file = self._target.__enter__().open("w")
         except OSError as error:
+            self._target.__exit__(OSError, error, None)
             raise UserError(f"cannot write {self.path}: {error.strerror or error}") from None
 
     def write(self, record: dict[str, Any]) -> None:
@@ -173,14 +177,15 @@ class JsonLines:
     def close(self) -> None:
         if self.path is not None:
             self._file.close()
-            os.replace(self._partial, self.path)
+            self._target.__exit__(None, None, None)
         else:
             self._file.flush()
 
     def abort(self) -> None:
         if self.path is not None:
             self._file.close()
-            self._partial.unlink(missing_ok=True)
+            aborted = UserError("aborted")
+            self._target.__exit__(UserError, aborted, None)  # removes the partial file
 
 
 def rounded(box: np.ndarray) -> list[float]:
@@ -213,7 +218,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--detector",
         default="yolox_nano",
         choices=DETECTORS,
-        help="detector (default: yolox_nano, bundled COCO YOLOX-nano, chosen on the tuning sequences and held out: README; "
+        help="detector (default: yolox_nano, bundled COCO YOLOX-nano, chosen on the tuning sequences and held out: docs/video_main_person.md; "
         "ssdlite_person: bundled person-only SSDLite; fasterrcnn_*: torchvision, the brief's model, weights downloaded once)",
     )
     parser.add_argument(
@@ -250,7 +255,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"height of the 16:9 box the detector works in, boxes mapped back to 427x240; 0: the source's own size, never "
         f"upsized (default: {OUTPUT_HEIGHT}, the output size; 480+ sharpens small, distant people's boxes but costs "
-        "ssdlite_person close-up people, and Faster R-CNN time: README, 'Main person against ground truth')",
+        "ssdlite_person close-up people, and Faster R-CNN time: docs/video_main_person.md, 'Main person against ground truth')",
     )
     parser.add_argument(
         "--batch-size",
@@ -326,7 +331,50 @@ def find_main_person(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     detector_height = OUTPUT_HEIGHT if args.detector_size is None else args.detector_size
     source = VideoSource(args.source, max_pixels=args.max_pixels)
     first = Geometry.for_size(source.width, source.height, detector_height)
+    detector, load_s = load_detector(args, device, threads, first, batch_size)
+    selector = make_selector(
+        args.association, OUTPUT_WIDTH, OUTPUT_HEIGHT, args.switch_margin, args.switch_frames, args.hold_frames, frame_rate=source.fps
+    )
+    timer = StageTimer(cuda_sync=device.type == "cuda")
+    with open_outputs(args, out, source.fps) as (jsonl, video):
+        prepare = frame_preparer(first, (source.width, source.height), detector_height, with_canvas=video is not None)
+        # A short queue: enough to overlap decoding with inference, short enough that frames do not wait in a backlog.
+        reader = ThreadedReader(source, prepare, max_frames=args.max_frames, queue_size=batch_size, timer=timer)
+        expected = min(filter(None, (source.frame_count, args.max_frames)), default=None)
+        log = run_frames(reader, batch_size, expected, FrameSteps(detector, selector, timer, jsonl, video, source.fps))
+        if not log.latencies:
+            raise UserError(f"{args.source}: no frame could be decoded")
+    frames = len(log.latencies)
+    results = {
+        "source": str(args.source),
+        "frames": frames,
+        "bad_frames": source.bad_frames,
+        "frames_with_main_person": log.with_main_person,
+        "fps_end_to_end": frames / log.wall_s,
+        "wall_s": log.wall_s,
+        "load_s": load_s,
+        "latency_ms": summarize(log.latencies),
+        "stages": timer.summary(),
+        "detector": detector.describe(),
+        "backend": args.backend,
+        "detector_size": detector_height,
+        "association": args.association,
+        "device": str(device),
+        "threads": threads,
+        "batch_size": batch_size,
+        "output_size": [OUTPUT_WIDTH, OUTPUT_HEIGHT],
+        "letterbox": log.geometry_runs,
+        "video": None if video is None else str(video.path),
+        "jsonl": "-" if jsonl.to_stdout else str(jsonl.path),
+        "stopped_early": log.stopped_early,
+    }
+    write_run(out, results)
+    report_run(results, source, f"{detector.name}, {device}, {threads} threads, batch {batch_size}", out)
+    return results
 
+
+def load_detector(args: argparse.Namespace, device: Any, threads: int, first: Geometry, batch_size: int) -> tuple[Any, float]:
+    """The detector, built and warmed up at the first frame's size, and the seconds that took."""
     load_start = time.perf_counter()
     detector = build_detector(
         args.detector,
@@ -340,135 +388,145 @@ def find_main_person(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         **detector_options(args, first),
     )
     detector.warmup(first.detector.content_width, first.detector.content_height, batch_size)
-    load_s = time.perf_counter() - load_start
+    return detector, time.perf_counter() - load_start
 
-    selector = make_selector(
-        args.association, OUTPUT_WIDTH, OUTPUT_HEIGHT, args.switch_margin, args.switch_frames, args.hold_frames, frame_rate=source.fps
-    )
-    timer = StageTimer(cuda_sync=device.type == "cuda")
+
+@contextlib.contextmanager
+def open_outputs(args: argparse.Namespace, out: Path, fps: float) -> Iterator[tuple[JsonLines, VideoWriter | None]]:
+    """The JSONL and video writers: closed when the block ends, both aborted (once, here) when it raises."""
     jsonl = JsonLines(args.jsonl or str(out / "main_person.jsonl"))
+    video = None
     try:
-        video = None if args.no_video else VideoWriter(out / "main_person.mp4", source.fps, OUTPUT_WIDTH, OUTPUT_HEIGHT)
-    except UserError:
-        jsonl.abort()
-        raise
-
-    geometries = {(source.width, source.height): first}  # an image folder may mix sizes: one geometry per size
-
-    def prepare(frame: np.ndarray) -> Prepared:  # runs on the reader thread, overlapping inference
-        height, width = frame.shape[:2]
-        if (width, height) not in geometries:
-            geometries[width, height] = Geometry.for_size(width, height, detector_height)
-        geometry = geometries[width, height]
-        detector_bgr = geometry.detector.resize(frame)
-        canvas_bgr = None if video is None else geometry.canvas.resize(frame)
-        return Prepared(cv2.cvtColor(detector_bgr, cv2.COLOR_BGR2RGB), canvas_bgr, geometry, (width, height))
-
-    expected = min(filter(None, (source.frame_count, args.max_frames)), default=None)
-    # A short queue: enough to overlap decoding with inference, short enough that frames do not wait in a backlog.
-    reader = ThreadedReader(source, prepare, max_frames=args.max_frames, queue_size=batch_size, timer=timer)
-    progress = tqdm(total=expected, unit="frame", desc="main person", file=sys.stderr, mininterval=0.5)
-    latencies: list[float] = []
-    with_main_person = 0
-    geometry_runs: list[dict[str, Any]] = []  # consecutive frames sharing one source size (one entry for a video)
-    stopped_early = None
-    start = time.perf_counter()
-    try:
-        for batch in reader.batches(batch_size):
-            with timer.stage("inference"):
-                detections = detector.detect([frame.image.detector_rgb for frame in batch])
-            for frame, found in zip(batch, detections, strict=True):
-                prepared: Prepared = frame.image
-                with timer.stage("postprocess"):
-                    if not geometry_runs or geometry_runs[-1]["source_size"] != list(prepared.source_size):
-                        selector.reset()  # a frame of another size is another picture: no box is carried onto it
-                        geometry_runs.append({"first_frame": frame.index, "frames": 0, "source_size": list(prepared.source_size)})
-                        geometry_runs[-1].update(prepared.geometry.describe())
-                    geometry_runs[-1]["frames"] += 1
-                    persons = found.persons(detector.score_thresh)
-                    person_boxes = prepared.geometry.detector_to_canvas(persons.boxes)
-                    main_person = selector.update(person_boxes, persons.scores)
-                with timer.stage("encode"):
-                    record = {
-                        "frame": frame.index,
-                        "time_s": round(frame.index / source.fps, 3),
-                        "main_person": None if main_person is None else rounded(main_person.box),
-                        "score": None if main_person is None else round(main_person.score, 3),
-                        "held": bool(main_person is not None and main_person.held),
-                        "persons": [
-                            {"box": rounded(box), "score": round(float(score), 3)}
-                            for box, score in zip(person_boxes, persons.scores, strict=True)
-                        ],
-                        "letterbox": prepared.geometry.describe(),
-                    }
-                    if video is not None:
-                        canvas = prepared.geometry.canvas.canvas(prepared.canvas_bgr)
-                        annotate(canvas, person_boxes, persons.scores, main_person, f"frame {frame.index}")
-                        video.write(canvas)
-                # decode start -> outputs written, less the queue backlog that only a faster-than-real-time source builds
-                latency = time.perf_counter() - frame.start_time - frame.queue_wait
-                record["latency_ms"] = round(latency * 1e3, 1)
-                jsonl.write(record)
-                latencies.append(latency)
-                with_main_person += main_person is not None
-            jsonl.flush()
-            progress.update(len(batch))
-    except BrokenPipeError:  # `... --jsonl - | head`: the reader of stdout is gone; stop cleanly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        stopped_early = "stdout closed"
+        video = None if args.no_video else VideoWriter(out / "main_person.mp4", fps, OUTPUT_WIDTH, OUTPUT_HEIGHT)
+        yield jsonl, video
     except BaseException:
         if video is not None:
             video.abort()
         jsonl.abort()
         raise
-    finally:
-        reader.close()
-        progress.close()
-    wall_s = time.perf_counter() - start
-    if not latencies:
-        if video is not None:
-            video.abort()
-        jsonl.abort()
-        raise UserError(f"{args.source}: no frame could be decoded")
     if video is not None:
         video.close()
     jsonl.close()
 
-    frames = len(latencies)
-    results = {
-        "source": str(args.source),
-        "frames": frames,
-        "bad_frames": source.bad_frames,
-        "frames_with_main_person": with_main_person,
-        "fps_end_to_end": frames / wall_s,
-        "wall_s": wall_s,
-        "load_s": load_s,
-        "latency_ms": summarize(latencies),
-        "stages": timer.summary(),
-        "detector": detector.describe(),
-        "backend": args.backend,
-        "detector_size": detector_height,
-        "association": args.association,
-        "device": str(device),
-        "threads": threads,
-        "batch_size": batch_size,
-        "output_size": [OUTPUT_WIDTH, OUTPUT_HEIGHT],
-        "letterbox": geometry_runs,
-        "video": None if video is None else str(video.path),
-        "jsonl": "-" if jsonl.to_stdout else str(jsonl.path),
-        "stopped_early": stopped_early,
+
+def frame_preparer(
+    first: Geometry, first_size: tuple[int, int], detector_height: int, with_canvas: bool
+) -> Callable[[np.ndarray], Prepared]:
+    """What the reader thread does to each frame, overlapping inference: resize for the detector and the canvas."""
+    geometries = {first_size: first}  # an image folder may mix sizes: one geometry per size
+
+    def prepare(frame: np.ndarray) -> Prepared:
+        height, width = frame.shape[:2]
+        if (width, height) not in geometries:
+            geometries[width, height] = Geometry.for_size(width, height, detector_height)
+        geometry = geometries[width, height]
+        detector_bgr = geometry.detector.resize(frame)
+        canvas_bgr = geometry.canvas.resize(frame) if with_canvas else None
+        return Prepared(cv2.cvtColor(detector_bgr, cv2.COLOR_BGR2RGB), canvas_bgr, geometry, (width, height))
+
+    return prepare
+
+
+@dataclass
+class FrameSteps:
+    """What every frame goes through after decoding: the detector, the selector, the timer and the writers."""
+
+    detector: Any
+    selector: Any
+    timer: StageTimer
+    jsonl: JsonLines
+    video: VideoWriter | None
+    fps: float
+
+
+@dataclass
+class FrameLog:
+    """What the frame loop measured."""
+
+    latencies: list[float] = field(default_factory=list)
+    with_main_person: int = 0
+    geometry_runs: list[dict[str, Any]] = field(default_factory=list)  # consecutive frames of one source size
+    stopped_early: str | None = None
+    wall_s: float = 0.0
+
+
+def run_frames(reader: ThreadedReader, batch_size: int, expected: int | None, steps: FrameSteps) -> FrameLog:
+    """Detect in batches, pick the main person in each frame, write its JSON line and video frame."""
+    log = FrameLog()
+    progress = tqdm(total=expected, unit="frame", desc="main person", file=sys.stderr, mininterval=0.5)
+    start = time.perf_counter()
+    try:
+        for batch in reader.batches(batch_size):
+            with steps.timer.stage("inference"):
+                detections = steps.detector.detect([frame.image.detector_rgb for frame in batch])
+            for frame, found in zip(batch, detections, strict=True):
+                process_frame(frame, found, steps, log)
+            steps.jsonl.flush()
+            progress.update(len(batch))
+    except BrokenPipeError:  # `... --jsonl - | head`: the reader of stdout is gone; stop cleanly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        log.stopped_early = "stdout closed"
+    finally:
+        reader.close()
+        progress.close()
+    log.wall_s = time.perf_counter() - start
+    return log
+
+
+def process_frame(frame: Any, found: Any, steps: FrameSteps, log: FrameLog) -> None:
+    """One frame: select the main person, write its JSON line (and video frame), record its latency."""
+    prepared: Prepared = frame.image
+    with steps.timer.stage("postprocess"):
+        runs = log.geometry_runs
+        if not runs or runs[-1]["source_size"] != list(prepared.source_size):
+            steps.selector.reset()  # a frame of another size is another picture: no box is carried onto it
+            runs.append({"first_frame": frame.index, "frames": 0, "source_size": list(prepared.source_size)})
+            runs[-1].update(prepared.geometry.describe())
+        runs[-1]["frames"] += 1
+        persons = found.persons(steps.detector.score_thresh)
+        person_boxes = prepared.geometry.detector_to_canvas(persons.boxes)
+        main_person = steps.selector.update(person_boxes, persons.scores)
+    with steps.timer.stage("encode"):
+        record = frame_record(frame.index, steps.fps, main_person, person_boxes, persons.scores, prepared.geometry)
+        if steps.video is not None:
+            canvas = prepared.geometry.canvas.canvas(prepared.canvas_bgr)
+            annotate(canvas, person_boxes, persons.scores, main_person, f"frame {frame.index}")
+            steps.video.write(canvas)
+    # decode start -> outputs written, less the queue backlog that only a faster-than-real-time source builds
+    latency = time.perf_counter() - frame.start_time - frame.queue_wait
+    record["latency_ms"] = round(latency * 1e3, 1)
+    steps.jsonl.write(record)
+    log.latencies.append(latency)
+    log.with_main_person += main_person is not None
+
+
+def frame_record(
+    index: int, fps: float, main_person: MainPerson | None, person_boxes: np.ndarray, scores: np.ndarray, geometry: Geometry
+) -> dict[str, Any]:
+    """The frame's JSON line (latency_ms is added once its outputs are written)."""
+    return {
+        "frame": index,
+        "time_s": round(index / fps, 3),
+        "main_person": None if main_person is None else rounded(main_person.box),
+        "score": None if main_person is None else round(main_person.score, 3),
+        "held": bool(main_person is not None and main_person.held),
+        "persons": [{"box": rounded(box), "score": round(float(score), 3)} for box, score in zip(person_boxes, scores, strict=True)],
+        "letterbox": geometry.describe(),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def report_run(results: dict[str, Any], source: VideoSource, setup: str, out: Path) -> None:
+    """The run's summary on stderr."""
     if source.bad_frames:
         print(f"warning: skipped {len(source.bad_frames)} unreadable frame(s): {source.bad_frames[:10]}", file=sys.stderr)
     print(
-        f"{frames} frames, {with_main_person} with a main person, {results['fps_end_to_end']:.1f} FPS end to end, "
+        f"{results['frames']} frames, {results['frames_with_main_person']} with a main person, "
+        f"{results['fps_end_to_end']:.1f} FPS end to end, "
         f"latency median {results['latency_ms']['median_ms']:.0f} ms p95 {results['latency_ms']['p95_ms']:.0f} ms "
-        f"({detector.name}, {device}, {threads} threads, batch {batch_size})\n{format_summary(results['stages'])}\n"
+        f"({setup})\n{format_summary(results['stages'])}\n"
         f"results: {out / 'results.json'}",
         file=sys.stderr,
     )
-    return results
 
 
 if __name__ == "__main__":

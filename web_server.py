@@ -17,7 +17,7 @@ GET /api/history?n=100 (the last n messages, oldest first), GET /health, POST /a
 Errors are JSON {"error", "status"}.
 Measured (2 shared x86 cores, ssdlite_person on 1 thread, TUD-Campus looped at 30 fps, embedded broker, 120 s):
 capture->subscriber 26.9 ms p50 / 62.3 ms p95, inference 85% of it (22.9 ms p50), overhead 2.6 ms p50, 3% of the
-frames dropped, latency growth -4 ms over the run (benchmarks/bench_stream.py; README, "Webcam -> MQTT -> browser").
+frames dropped, latency growth -4 ms over the run (benchmarks/bench_stream.py; docs/webcam_mqtt.md).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.serving import make_server
 
+from utils.assets import REPO_ROOT
 from utils.cli import ArgumentParser, UserError, number, run_cli
 from utils.mqtt import (
     MAX_FRAME_BYTES,
@@ -56,7 +57,6 @@ from utils.mqtt import (
     validate_message,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent
 WEB_DIR = REPO_ROOT / "web"
 HISTORY = 1000  # messages kept for /api/history and the page's chart (a minute of two 8 FPS cameras)
 CLIENT_QUEUE = 64  # SSE events waiting for one slow browser tab before its oldest are dropped
@@ -159,7 +159,14 @@ def create_app(store: Detections | None = None, stopping: threading.Event | None
     store = store or Detections()
     stopping = stopping or threading.Event()
     app.extensions["detections"] = store  # app state, not a module global: two apps in one process stay apart
-    started = time.time()
+    add_error_handler(app, store)
+    add_api_routes(app, store, started=time.time())
+    add_stream_route(app, store, stopping)
+    return app
+
+
+def add_error_handler(app: Flask, store: Detections) -> None:
+    """HTTP errors as JSON; a body over the size limit counts as a rejected message."""
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> tuple[Response, int]:
@@ -169,6 +176,10 @@ def create_app(store: Detections | None = None, stopping: threading.Event | None
             log.warning("dropped a message from http: over %d bytes", MAX_MESSAGE_BYTES)
         message = f"message larger than {MAX_MESSAGE_BYTES} bytes" if error.code == 413 else error.description
         return jsonify(error=message, status=error.code), error.code
+
+
+def add_api_routes(app: Flask, store: Detections, started: float) -> None:
+    """The page, /health, and the JSON API: POST /api/detections, /api/latest, /api/history."""
 
     @app.get("/")
     def index() -> Response:
@@ -204,28 +215,31 @@ def create_app(store: Detections | None = None, stopping: threading.Event | None
         with store._lock:
             return jsonify(list(store.history)[-int(text) :])
 
+
+def sse_events(store: Detections, listener: queue.Queue[str], stopping: threading.Event) -> Iterator[str]:
+    """One browser tab's event stream: what is known now, then every new event, a heartbeat when quiet."""
+    try:
+        yield "retry: 1000\n\n"
+        for data in list(store.latest_frames.values()):  # a new tab shows every camera at once
+            yield f"event: frame\ndata: {data}\n\n"
+        for message in list(store.latest.values()):
+            yield f"event: detections\ndata: {json.dumps(message, separators=(',', ':'))}\n\n"
+        while not stopping.is_set():
+            try:
+                yield listener.get(timeout=HEARTBEAT_S)
+            except queue.Empty:
+                yield ": heartbeat\n\n"
+    finally:
+        store.unlisten(listener)
+
+
+def add_stream_route(app: Flask, store: Detections, stopping: threading.Event) -> None:
+    """/api/stream: server-sent events, open until the client leaves or `stopping` is set."""
+
     @app.get("/api/stream")
     def stream() -> Response:
-        listener = store.listen()
-
-        def events() -> Iterator[str]:
-            try:
-                yield "retry: 1000\n\n"
-                for data in list(store.latest_frames.values()):  # a new tab shows every camera at once
-                    yield f"event: frame\ndata: {data}\n\n"
-                for message in list(store.latest.values()):
-                    yield f"event: detections\ndata: {json.dumps(message, separators=(',', ':'))}\n\n"
-                while not stopping.is_set():
-                    try:
-                        yield listener.get(timeout=HEARTBEAT_S)
-                    except queue.Empty:
-                        yield ": heartbeat\n\n"
-            finally:
-                store.unlisten(listener)
-
-        return Response(events(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    return app
+        events = sse_events(store, store.listen(), stopping)
+        return Response(events, mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 ######################################################################################################################
@@ -264,6 +278,31 @@ def start_cameras(sources: list[str], host: str, port: int, extra: str) -> list[
     return children
 
 
+def stop_on_signals(server: Any, stopping: threading.Event) -> dict[int, Any]:
+    """SIGINT/SIGTERM end the open streams and the server; returns the handlers to put back."""
+    previous_handlers = {}
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+
+        def shut_down(*_: Any) -> None:
+            stopping.set()
+            threading.Thread(target=server.shutdown, daemon=True).start()  # shutdown() waits for serve_forever
+
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous_handlers[signum] = signal.signal(signum, shut_down)
+    return previous_handlers
+
+
+def stop_cameras(children: list[subprocess.Popen]) -> None:
+    """SIGTERM to every camera (each prints its summary and stops cleanly), then wait; kill one that hangs."""
+    for child in children:
+        child.terminate()
+    for child in children:
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+
+
 def main(args: argparse.Namespace) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request would drown the rest
@@ -284,15 +323,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         log.warning("no subscription acknowledged by %s:%d within 10 s; starting the cameras anyway", host, port)
     children = start_cameras(args.with_camera, host, port, args.camera_args) if args.with_camera else []
 
-    previous_handlers = {}
-    if threading.current_thread() is threading.main_thread():
-
-        def shut_down(*_: Any) -> None:
-            stopping.set()
-            threading.Thread(target=server.shutdown, daemon=True).start()  # shutdown() waits for serve_forever
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            previous_handlers[signum] = signal.signal(signum, shut_down)
+    previous_handlers = stop_on_signals(server, stopping)
     log.info(
         "serving http://%s:%d/ ; %s", args.host, server.server_port, "HTTP only" if args.no_mqtt else f"MQTT {args.topic} on {host}:{port}"
     )
@@ -300,13 +331,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         server.serve_forever(poll_interval=0.2)
     finally:
         stopping.set()
-        for child in children:
-            child.terminate()  # SIGTERM: the child prints its summary and stops cleanly
-        for child in children:
-            try:
-                child.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        stop_cameras(children)
         if broker is not None:
             broker.drain()  # the cameras' last messages reach this server's subscriber before it disconnects
         if client is not None:

@@ -13,7 +13,7 @@ Run:
     mosquitto_sub -t 'detections/#' -v                                       # watch (with an outside broker)
 Measured (2 shared x86 cores, ssdlite_person on 1 thread, TUD-Campus looped at 30 fps, embedded broker, 120 s):
 capture->subscriber 26.9 ms p50 / 62.3 ms p95, inference 85% of it (22.9 ms p50), overhead 2.6 ms p50, 3% of the
-frames dropped, latency growth -4 ms over the run (benchmarks/bench_stream.py; README, "Webcam -> MQTT -> browser").
+frames dropped, latency growth -4 ms over the run (benchmarks/bench_stream.py; docs/webcam_mqtt.md).
 
 Latency cannot grow: a live source (camera, URL, or a file with --realtime) is read on its own thread that keeps
 only the NEWEST frame; frames that arrive while the detector is busy are dropped and counted ("dropped"), never
@@ -52,6 +52,7 @@ from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli
 from utils.detectors import DETECTORS, PERSON, build_detector, yolox_size_for
 from utils.main_person import MainPersonSelector, add_association_argument, make_selector
 from utils.mqtt import CLOSE_TIMEOUT_S, SCHEMA_VERSION, EmbeddedBroker, Publisher, add_broker_arguments, broker_options, parse_broker
+from utils.outputs import write_run
 from utils.timing import summarize
 from utils.video import MAX_PIXELS, Letterbox, ThreadedReader, VideoSource
 
@@ -393,15 +394,10 @@ def default_camera_id(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64] or "cam"
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
-    host, port, embedded = parse_broker(args.broker)
-    if args.camera_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.camera_id):
-        raise UserError(f"--camera-id {args.camera_id!r}: use 1-64 of A-Z a-z 0-9 _ . -")
-    broker = EmbeddedBroker(port, host).start() if embedded else None  # first: a taken port fails before any loading
-    source = None
+def load_source_and_detector(args: argparse.Namespace) -> tuple[VideoSource, int, Any]:
+    """The opened source, the thread count and the warmed-up detector; the source is closed again if loading fails."""
+    source = open_source(args.source, args.max_pixels)
     try:
-        source = open_source(args.source, args.max_pixels)
         device = resolve_device(args.device)
         threads = set_threads(args.threads or max(1, (os.cpu_count() or 1) - 1))
         rgb, _ = detector_input(np.zeros((source.height, source.width, 3), np.uint8), DETECTOR_HEIGHT)
@@ -411,80 +407,76 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         )
         detector.warmup(rgb.shape[1], rgb.shape[0])
     except BaseException:
-        if source is not None:
-            source.close()
-        if broker is not None:
-            broker.stop()
+        source.close()
         raise
-    source_text = source.name
-    camera = args.camera_id or default_camera_id(source_text)
-    topic = args.topic or f"detections/{camera}"
-    publisher = Publisher(broker_options(args, host, port), args.client_id or f"webcam_mqtt-{camera}-{os.getpid()}", args.buffer)
-    poster = HttpPoster(args.http, args.buffer) if args.http else None
-    if not publisher.connected.wait(5):
-        log.warning("no broker at %s:%d yet; going on, buffering up to %d messages", host, port, args.buffer)
+    return source, threads, detector
 
-    frames_in: Any = Looped(source, source_text, args.max_pixels) if args.loop else source
-    live = is_live(source_text) or args.realtime
+
+def open_reader(args: argparse.Namespace, source: VideoSource) -> tuple[Any, Iterator[tuple[int, np.ndarray, float]], bool]:
+    """The frame reader, its (index, BGR frame, capture time) iterator, and whether it is live (drops stale frames)."""
+    frames_in: Any = Looped(source, source.name, args.max_pixels) if args.loop else source
+    live = is_live(source.name) or args.realtime
     if live:
-        reader: Any = LatestFrameReader(frames_in, fps=(args.fps or source.fps) if args.realtime and not is_live(source_text) else None)
-        frames = iter(reader)
-    else:
-        reader = ThreadedReader(frames_in, max_frames=args.max_frames, queue_size=2)
-        frames = file_frames(reader)
+        reader: Any = LatestFrameReader(frames_in, fps=(args.fps or source.fps) if args.realtime and not is_live(source.name) else None)
+        return reader, iter(reader), live
+    reader = ThreadedReader(frames_in, max_frames=args.max_frames, queue_size=2)
+    return reader, file_frames(reader), live
 
-    stop = threading.Event()
+
+def catch_stop_signals(stop: threading.Event) -> dict[int, Any]:
+    """SIGINT/SIGTERM set `stop` (the loop then ends cleanly); returns the handlers to put back."""
     previous_handlers = {}
     if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
         for signum in (signal.SIGINT, signal.SIGTERM):
             previous_handlers[signum] = signal.signal(signum, lambda *_: stop.set())
+    return previous_handlers
 
-    # the rate frames come at (a live source drops some while the detector is busy: the tracker then sees fewer)
-    describe = FrameDetector(detector, camera, args.min_score, args, frame_rate=args.fps or source.fps)
-    latencies, inferences, ages = [], [], []
-    processed = 0
-    log.info("publishing %s on %s (broker %s:%d%s)", source_text, topic, host, port, ", embedded" if embedded else "")
-    start = time.perf_counter()
-    try:
-        for index, image, capture_ts in frames:
-            ages.append(time.time() - capture_ts)  # how long the frame waited for the detector to be free
-            message = describe(index, image, capture_ts, reader.dropped if live else 0)
-            if args.publish_frames:  # the picture first: a viewer then has it when the boxes arrive
-                publisher.publish(f"{topic}/frame", jpeg_preview(image, args.frame_width), qos=0, retain=args.retain)
-            message["publish_ts"] = round(time.time(), 4)
-            payload = json.dumps(message, separators=(",", ":")).encode()
-            publisher.publish(topic, payload, qos=args.qos, retain=args.retain)
-            if poster is not None:
-                poster.post(payload)
-            latencies.append(message["publish_ts"] - capture_ts)
-            inferences.append(message["inference_ms"] / 1e3)
-            processed += 1
-            if stop.is_set() or (args.max_frames is not None and processed >= args.max_frames):
-                break
-    finally:
-        wall_s = time.perf_counter() - start
-        reader.close()
-        publisher.close(args.close_timeout)  # waits for the broker's acknowledgements: what never came is counted, not hidden
+
+def publish_frames(
+    args: argparse.Namespace,
+    frames: Iterator[tuple[int, np.ndarray, float]],
+    dropped: Any,
+    describe: FrameDetector,
+    sinks: tuple[Publisher, HttpPoster | None, str],
+    stop: threading.Event,
+) -> dict[str, list[float]]:
+    """Detect in each frame and publish its message (and picture); returns the per-frame timings in seconds."""
+    publisher, poster, topic = sinks
+    timings: dict[str, list[float]] = {"latencies": [], "inferences": [], "ages": []}
+    for index, image, capture_ts in frames:
+        timings["ages"].append(time.time() - capture_ts)  # how long the frame waited for the detector to be free
+        message = describe(index, image, capture_ts, dropped())
+        if args.publish_frames:  # the picture first: a viewer then has it when the boxes arrive
+            publisher.publish(f"{topic}/frame", jpeg_preview(image, args.frame_width), qos=0, retain=args.retain)
+        message["publish_ts"] = round(time.time(), 4)
+        payload = json.dumps(message, separators=(",", ":")).encode()
+        publisher.publish(topic, payload, qos=args.qos, retain=args.retain)
         if poster is not None:
-            poster.close(args.close_timeout)
-        if broker is not None:
-            broker.stop()  # after its clients: it hands on what it holds first
-        for signum, handler in previous_handlers.items():
-            signal.signal(signum, handler)
+            poster.post(payload)
+        timings["latencies"].append(message["publish_ts"] - capture_ts)
+        timings["inferences"].append(message["inference_ms"] / 1e3)
+        if stop.is_set() or (args.max_frames is not None and len(timings["latencies"]) >= args.max_frames):
+            break
+    return timings
 
-    latency = summarize(latencies)
-    results = {
-        "source": source_text,
-        "camera": camera,
-        "topic": topic,
-        "broker": f"{host}:{port}" + (" (embedded)" if embedded else ""),
-        "frames": processed,
-        "dropped_frames": reader.dropped if live else 0,
-        "bad_frames": len(source.bad_frames),
-        "fps": processed / wall_s if wall_s > 0 else 0.0,
-        "latency_ms": latency,  # capture -> handed to the MQTT client
-        "inference_ms": summarize(inferences),
-        "frame_age_ms": summarize(ages),  # capture -> picked up: a live frame waits for the detector to finish the last one
+
+def shut_down(
+    reader: Any, publisher: Publisher, poster: HttpPoster | None, broker: EmbeddedBroker | None, handlers: dict[int, Any], timeout: float
+) -> None:
+    """Stop in this order: the reader, the clients (waiting for acknowledgements), the embedded broker, the handlers."""
+    reader.close()
+    publisher.close(timeout)  # waits for the broker's acknowledgements: what never came is counted, not hidden
+    if poster is not None:
+        poster.close(timeout)
+    if broker is not None:
+        broker.stop()  # after its clients: it hands on what it holds first
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+
+
+def delivery_results(publisher: Publisher, poster: HttpPoster | None) -> dict[str, Any]:
+    """What happened to the messages: published, delivered, dropped, unacknowledged, and the HTTP side."""
+    return {
         "messages_published": publisher.published,  # = delivered + dropped + unacknowledged
         "messages_delivered": publisher.delivered,  # acknowledged by the broker (QoS >= 1) or written to it (QoS 0)
         "messages_dropped": publisher.dropped,  # a full buffer while the broker was away
@@ -493,22 +485,75 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "http": None
         if poster is None
         else {"posted": poster.posted, "sent": poster.sent, "failed": poster.failed, "dropped": poster.dropped, "unsent": poster.unsent},
+    }
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
+    host, port, embedded = parse_broker(args.broker)
+    if args.camera_id is not None and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", args.camera_id):
+        raise UserError(f"--camera-id {args.camera_id!r}: use 1-64 of A-Z a-z 0-9 _ . -")
+    broker = EmbeddedBroker(port, host).start() if embedded else None  # first: a taken port fails before any loading
+    try:
+        source, threads, detector = load_source_and_detector(args)
+    except BaseException:
+        if broker is not None:
+            broker.stop()
+        raise
+    camera = args.camera_id or default_camera_id(source.name)
+    topic = args.topic or f"detections/{camera}"
+    publisher = Publisher(broker_options(args, host, port), args.client_id or f"webcam_mqtt-{camera}-{os.getpid()}", args.buffer)
+    poster = HttpPoster(args.http, args.buffer) if args.http else None
+    if not publisher.connected.wait(5):
+        log.warning("no broker at %s:%d yet; going on, buffering up to %d messages", host, port, args.buffer)
+    reader, frames, live = open_reader(args, source)
+    stop = threading.Event()
+    previous_handlers = catch_stop_signals(stop)
+    # the rate frames come at (a live source drops some while the detector is busy: the tracker then sees fewer)
+    describe = FrameDetector(detector, camera, args.min_score, args, frame_rate=args.fps or source.fps)
+    log.info("publishing %s on %s (broker %s:%d%s)", source.name, topic, host, port, ", embedded" if embedded else "")
+    start = time.perf_counter()
+    try:
+        timings = publish_frames(args, frames, lambda: reader.dropped if live else 0, describe, (publisher, poster, topic), stop)
+    finally:
+        wall_s = time.perf_counter() - start
+        shut_down(reader, publisher, poster, broker, previous_handlers, args.close_timeout)
+
+    processed = len(timings["latencies"])
+    results = {
+        "source": source.name,
+        "camera": camera,
+        "topic": topic,
+        "broker": f"{host}:{port}" + (" (embedded)" if embedded else ""),
+        "frames": processed,
+        "dropped_frames": reader.dropped if live else 0,
+        "bad_frames": len(source.bad_frames),
+        "fps": processed / wall_s if wall_s > 0 else 0.0,
+        "latency_ms": summarize(timings["latencies"]),  # capture -> handed to the MQTT client
+        "inference_ms": summarize(timings["inferences"]),
+        "frame_age_ms": summarize(timings["ages"]),  # capture -> picked up: a live frame waits for the detector to finish the last one
+        **delivery_results(publisher, poster),
         "stopped_by_signal": stop.is_set(),
         "detector": detector.name,
         "association": args.association,
         "threads": threads,
     }
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_run(args.out, results)
+    print_summary(results, publisher)
+    return results
+
+
+def print_summary(results: dict[str, Any], publisher: Publisher) -> None:
+    """One line on stderr: frames, rate, latency, delivery."""
+    latency = results["latency_ms"]
     print(
-        f"{processed} frames published on {topic}, {results['dropped_frames']} stale frames dropped, {results['fps']:.1f} FPS, "
-        f"latency capture->publish p50 {latency['median_ms']:.1f} ms p95 {latency['p95_ms']:.1f} ms "
+        f"{results['frames']} frames published on {results['topic']}, {results['dropped_frames']} stale frames dropped, "
+        f"{results['fps']:.1f} FPS, latency capture->publish p50 {latency['median_ms']:.1f} ms p95 {latency['p95_ms']:.1f} ms "
         f"(inference p50 {results['inference_ms']['median_ms']:.1f} ms), {delivery_summary(publisher)}, "
         f"{results['reconnections']} reconnections",
         file=sys.stderr,
     )
-    return results
 
 
 if __name__ == "__main__":

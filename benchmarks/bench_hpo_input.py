@@ -28,6 +28,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -133,15 +134,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    set_threads(args.threads)
-    device = resolve_device(args.device)
+def demo_images(count: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """`count` bundled demo images at 32 px (the set tiled as often as needed), their labels, the class count."""
     train, _ = read_image_folder(DEMO, 32)
-    tiles = -(-args.images // len(train.labels))
-    images = train.images.repeat(tiles, 1, 1, 1)[: args.images]
-    labels = train.labels.repeat(tiles)[: args.images]
-    torch.manual_seed(0)
-    model = SmallCNN(len(train.classes), args.depth, args.width, 0.0, "batch", "relu", 32).to(device, memory_format=torch.channels_last)
+    tiles = -(-count // len(train.labels))
+    return train.images.repeat(tiles, 1, 1, 1)[:count], train.labels.repeat(tiles)[:count], len(train.classes)
+
+
+def training_step(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], None]:
+    """One SGD step of `model` on a batch (FP16 autocast on CUDA), as hpo_cifar.py trains."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_function = nn.CrossEntropyLoss()
 
@@ -152,6 +153,30 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         loss.backward()
         optimizer.step()
 
+    return train_step
+
+
+def measure(runs: dict[str, Callable], steps: dict[str, Callable], args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Images per second of every pipeline under every step kind, summarised over the repeats."""
+    # Repeats interleave the pipelines, so that a shared machine's changing load hits all of them alike
+    streams = {(name, kind): make_batches() for name, make_batches in runs.items() for kind in steps}
+    for (_, kind), batches in streams.items():
+        for _ in range(args.warmup):
+            steps[kind](*next(batches))
+    rates: dict[tuple[str, str], list[float]] = {key: [] for key in streams}
+    for _ in tqdm(range(args.repeats), desc="repeats", file=sys.stderr):
+        for (name, kind), batches in streams.items():
+            rates[name, kind].append(timed_images_per_second(batches, steps[kind], args, device))
+    return {name: {kind: summary(rates[name, kind]) for kind in steps} for name in runs}
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    set_threads(args.threads)
+    device = resolve_device(args.device)
+    images, labels, classes = demo_images(args.images)
+    torch.manual_seed(0)
+    model = SmallCNN(classes, args.depth, args.width, 0.0, "batch", "relu", 32).to(device, memory_format=torch.channels_last)
+
     def input_only(batch: torch.Tensor, target: torch.Tensor) -> None:
         pass
 
@@ -160,17 +185,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     runs |= {
         f"pil_workers{workers}": (lambda w=workers: pil_batches(*arrays, args.batch_size, w, device)) for workers in args.loader_workers
     }
-    # Repeats interleave the pipelines, so that a shared machine's changing load hits all of them alike
-    streams = {(name, kind): make_batches() for name, make_batches in runs.items() for kind in ("train", "input_only")}
-    steps = {"train": train_step, "input_only": input_only}
-    for (_, kind), batches in streams.items():
-        for _ in range(args.warmup):
-            steps[kind](*next(batches))
-    rates: dict[tuple[str, str], list[float]] = {key: [] for key in streams}
-    for _ in tqdm(range(args.repeats), desc="repeats", file=sys.stderr):
-        for (name, kind), batches in streams.items():
-            rates[name, kind].append(timed_images_per_second(batches, steps[kind], args, device))
-    measured = {name: {kind: summary(rates[name, kind]) for kind in steps} for name in runs}
+    measured = measure(runs, {"train": training_step(model, device), "input_only": input_only}, args, device)
     baseline = max((name for name in measured if name != "tensor"), key=lambda name: measured[name]["train"]["median"])
     tensor, pil = measured["tensor"], measured[baseline]
     print(f"{'pipeline':<16}{'train img/s (median, p95)':>28}{'input only img/s':>20}", file=sys.stderr)

@@ -12,13 +12,14 @@ Run:
     python benchmarks/bench_stream.py --seconds 10 --threads 1
 Measured (2 shared x86 cores, ssdlite_person on 1 thread, TUD-Campus looped at 30 fps, embedded broker, 120 s):
 capture->subscriber 26.9 ms p50 / 62.3 ms p95, inference 85% of it (22.9 ms p50), overhead 2.6 ms p50, 3% of the
-frames dropped, latency growth -4 ms over the run (benchmarks/bench_stream.py; README, "Webcam -> MQTT -> browser").
+frames dropped, latency growth -4 ms over the run (benchmarks/bench_stream.py; docs/webcam_mqtt.md).
 Last line: one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
 import subprocess
@@ -34,10 +35,12 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from utils.assets import TUD_CAMPUS_VIDEO  # noqa: E402
 from utils.cli import ArgumentParser, UserError, number, run_cli  # noqa: E402
 from utils.mqtt import BrokerOptions, close_subscriber, free_port, start_mosquitto, subscribe, validate_message  # noqa: E402
+from utils.outputs import write_run  # noqa: E402
 
-DEFAULT_SOURCE = REPO_ROOT / "assets" / "videos" / "tud-campus.mp4"
+DEFAULT_SOURCE = TUD_CAMPUS_VIDEO
 START_TIMEOUT_S = 90  # imports + detector load on a busy 2-core machine
 
 
@@ -62,27 +65,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> dict[str, Any]:
-    port = free_port()
-    mosquitto = start_mosquitto(port) if args.broker == "mosquitto" else None
-    arrivals: list[tuple[float, dict[str, Any]]] = []
-    lock = threading.Lock()
+def publisher_command(args: argparse.Namespace, port: int, embedded: bool, out: str) -> list[str]:
+    """webcam_mqtt.py on the clip played back in real time, looped, publishing to the broker on `port`."""
+    command = [
+        sys.executable, str(REPO_ROOT / "webcam_mqtt.py"), "--source", args.source, "--realtime", "--loop", "--fps", str(args.fps),
+        "--broker", f"embedded:{port}" if embedded else f"127.0.0.1:{port}", "--camera-id", "bench", "--detector", args.detector, "--out", out,
+    ]  # fmt: skip
+    command += ["--threads", str(args.threads)] if args.threads else []
+    command += ["--publish-frames"] if args.publish_frames else []
+    return command
 
-    def on_message(topic: str, payload: bytes) -> None:
-        received = time.time()
-        if topic.endswith("/frame"):
-            return
-        with lock:
-            arrivals.append((received, validate_message(payload)))
 
+def stop_publisher(child: subprocess.Popen) -> str:
+    """SIGTERM: a clean stop, the child writes its results.json; killed if it hangs. Returns its stderr."""
+    child.send_signal(signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return child.communicate(timeout=30)[1]
+    child.kill()
+    return child.communicate()[1]
+
+
+def run_publisher(
+    args: argparse.Namespace, port: int, mosquitto: subprocess.Popen | None, arrivals: list[tuple[float, dict[str, Any]]], on_message: Any
+) -> dict[str, Any]:
+    """Run webcam_mqtt.py for --seconds after its first message while subscribed; returns its results.json."""
     with tempfile.TemporaryDirectory() as temporary:
-        command = [
-            sys.executable, str(REPO_ROOT / "webcam_mqtt.py"), "--source", args.source, "--realtime", "--loop", "--fps", str(args.fps),
-            "--broker", f"embedded:{port}" if mosquitto is None else f"127.0.0.1:{port}", "--camera-id", "bench", "--detector", args.detector, "--out", temporary,
-        ]  # fmt: skip
-        command += ["--threads", str(args.threads)] if args.threads else []
-        command += ["--publish-frames"] if args.publish_frames else []
-        child = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(
+            publisher_command(args, port, mosquitto is None, temporary), cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True
+        )
         client = subscribe(BrokerOptions("127.0.0.1", port), ["detections/#"], on_message, client_id="bench_stream", qos=0)
         try:
             deadline = time.time() + START_TIMEOUT_S
@@ -94,12 +104,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
                 )
             time.sleep(args.seconds)
         finally:
-            child.send_signal(signal.SIGTERM)  # a clean stop: the child writes its results.json
-            try:
-                _, stderr = child.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                _, stderr = child.communicate()
+            stderr = stop_publisher(child)
             close_subscriber(client)
             if mosquitto is not None:
                 mosquitto.terminate()
@@ -107,20 +112,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         results_path = Path(temporary) / "results.json"
         if not results_path.is_file():
             raise UserError(f"webcam_mqtt.py ended without results (exit {child.returncode}): {stderr.strip()[-300:]}")
-        publisher = json.loads(results_path.read_text())
+        return json.loads(results_path.read_text())
 
-    with lock:
-        start = arrivals[0][0] + args.warmup_seconds
-        kept = [(received, message) for received, message in arrivals if received >= start]
-    if len(kept) < 6:
-        raise UserError(f"only {len(kept)} messages after warm-up: run longer (--seconds)")
+
+def stream_results(args: argparse.Namespace, kept: list[tuple[float, dict[str, Any]]], publisher: dict[str, Any]) -> dict[str, Any]:
+    """Latency split into inference and overhead, rate, drops and growth, from the messages after warm-up."""
     latency = [(received - message["capture_ts"]) * 1e3 for received, message in kept]
     inference = [message["inference_ms"] for _, message in kept]
     overhead = [total - model for total, model in zip(latency, inference, strict=True)]
     transport = [(received - message["publish_ts"]) * 1e3 for received, message in kept]
     third = len(latency) // 3
     frames = kept[-1][1]["frame"] - kept[0][1]["frame"] + 1  # frames the source produced meanwhile
-    results = {
+    return {
         "source": Path(args.source).name,
         "source_fps": args.fps,
         "seconds": round(kept[-1][0] - kept[0][0], 1),
@@ -140,9 +143,30 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "publish_frames": args.publish_frames,
         "broker": args.broker,
     }
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    port = free_port()
+    mosquitto = start_mosquitto(port) if args.broker == "mosquitto" else None
+    arrivals: list[tuple[float, dict[str, Any]]] = []
+    lock = threading.Lock()
+
+    def on_message(topic: str, payload: bytes) -> None:
+        received = time.time()
+        if topic.endswith("/frame"):
+            return
+        with lock:
+            arrivals.append((received, validate_message(payload)))
+
+    publisher = run_publisher(args, port, mosquitto, arrivals, on_message)
+    with lock:
+        start = arrivals[0][0] + args.warmup_seconds
+        kept = [(received, message) for received, message in arrivals if received >= start]
+    if len(kept) < 6:
+        raise UserError(f"only {len(kept)} messages after warm-up: run longer (--seconds)")
+    results = stream_results(args, kept, publisher)
     if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+        write_run(args.out, results)
     print(
         f"{results['messages']} messages in {results['seconds']} s ({results['processed_fps']} FPS of a {args.fps:g} fps source, "
         f"{results['dropped_share']:.0%} dropped): latency p50 {results['latency']['p50_ms']} ms p95 {results['latency']['p95_ms']} ms, "

@@ -42,7 +42,7 @@ from torchvision.transforms import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import video_main_person
-from utils.assets import resolve_weights
+from utils.assets import TUD_CAMPUS_VIDEO, resolve_weights
 from utils.cli import ArgumentParser, number, run_cli, set_threads
 from utils.detectors import PERSON, TorchvisionDetector, build_torchvision_model
 from utils.main_person import MainPersonSelector
@@ -180,7 +180,9 @@ def ablation(frames: list[np.ndarray], weights: str, repeats: int) -> list[tuple
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--source", default="assets/videos/tud-campus.mp4", help="clip to run the pipelines on (one frame size)")
+    parser.add_argument(
+        "--source", default=str(TUD_CAMPUS_VIDEO), help="clip to run the pipelines on (default: the bundled tud-campus.mp4; one frame size)"
+    )
     parser.add_argument("--max-frames", type=number(int, 1), default=20, help="frames to time (the reference takes seconds each)")
     parser.add_argument(
         "--weights", default="auto", help="auto (torchvision's when available, else random), DEFAULT, none or a state_dict path"

@@ -70,6 +70,7 @@ from eval_main_person import DEFAULT_SEQUENCES  # one list of default sequences 
 from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, set_threads
 from utils.detectors import DETECTORS, PERSON, Detections, Detector, build_detector
 from utils.mot import MotSequence, find_mot_sequences, read_mot_sequence
+from utils.outputs import write_run
 from utils.timing import device_name, summarize
 from utils.video import read_rgb_image
 
@@ -295,11 +296,9 @@ def format_table(scores: dict[str, dict[str, dict[str, Any]]], means: dict[str, 
 
 def write_outputs(out: Path, results: dict[str, Any], table: str) -> None:
     """results.json and report.md in `out`."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     settings = results["settings"]
     load = results["load_average"]
-    (out / "report.md").write_text(
+    report = (
         f"# Person detection against MOT ground truth\n\nMeasured on {results['machine']}, {settings['threads']} threads "
         f"(1-minute load average {load['start']:.1f} at the start, {load['end']:.1f} at the end: other work inflates ms/frame). "
         f"Frame stride {settings['stride']}, at most {settings['max_frames'] or 'all'} frames a sequence, score floor "
@@ -307,6 +306,7 @@ def write_outputs(out: Path, results: dict[str, Any], table: str) -> None:
         "and precision at each detector's default score threshold (thresh); ms/frame: median of the detector alone.\n\n"
         f"{table}\n"
     )
+    write_run(out, results, report)
     print(f"wrote {out / 'results.json'} and {out / 'report.md'}", file=sys.stderr)
 
 

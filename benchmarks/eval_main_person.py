@@ -20,7 +20,7 @@ Run:
     python benchmarks/eval_main_person.py                          # TUD-Campus (bundled) + ../shared/data/mot-extra
     python benchmarks/eval_main_person.py --split tuning --pipeline-args "--hold-frames 0"   # a tuning sweep point
     python benchmarks/eval_main_person.py --sequences path/to/MOT15/train --detector-size 240
-Measured (2-core x86 CPU, defaults): see README.md ("Main person against ground truth").
+Measured (2-core x86 CPU, defaults): see docs/video_main_person.md ("Main person against ground truth").
 Last line: {"sequences": {NAME: {...}}, "tuning": {means}, "held_out": {means}, ...}
 """
 
@@ -38,12 +38,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import video_main_person
+from utils.assets import REPO_ROOT, TUD_CAMPUS
 from utils.cli import ArgumentParser, UserError, number, run_cli
 from utils.metrics import box_iou
 from utils.mot import find_mot_sequences, read_mot_sequence
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_SEQUENCES = [REPO / "assets" / "data" / "TUD-Campus", REPO.parent / "shared" / "data" / "mot-extra"]
+DEFAULT_SEQUENCES = [TUD_CAMPUS, REPO_ROOT.parent / "shared" / "data" / "mot-extra"]
 MATCH_IOU = 0.5  # the usual detection criterion: a main person that overlaps a real one by half is that person
 LOOSE_IOU = 0.3  # the right person, loosely boxed: tells a wrong person from a loose box
 # The defaults were tuned on these two (a close-up campus walk and a 7 fps surveillance scene with small people);

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import eval_main_person
 
 from utils.cli import ArgumentParser, UserError, run_cli
+from utils.outputs import write_run
 
 
 def parse_stage(text: str) -> tuple[str, list[str]]:
@@ -114,8 +115,6 @@ def search(folders: list[Path], stages: list[tuple[str, list[str]]], base: dict[
 
 def write_report(out: Path, rows: list[dict[str, Any]], chosen: dict[str, str]) -> None:
     """results.json (every row, every sequence) and report.md (the side-by-side table)."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"chosen": chosen, "rows": rows}, indent=2) + "\n")
     lines = [
         "# Tuning video_main_person.py's defaults (benchmarks/tune_main_person.py)",
         "",
@@ -134,7 +133,7 @@ def write_report(out: Path, rows: list[dict[str, Any]], chosen: dict[str, str]) 
             f"{held.get('id_switches_while_visible', float('nan')):.1f} | {row['tuning']['fps_end_to_end']:.1f} | {row['verdict']} |"
         )
     lines += ["", f"Chosen: `{' '.join(f'{flag} {value}' for flag, value in chosen.items())}`", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    write_run(out, {"chosen": chosen, "rows": rows}, "\n".join(lines))
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -117,3 +117,47 @@ def test_artefact_errors(tmp_path):
     save_artefact(tmp_path / "bad.pt", torch.nn.Linear(2, 2), bad)
     with pytest.raises(UserError, match="does not match the model"):
         build_detector("fasterrcnn_mobilenet_v3_large_320_fpn", quantized=str(tmp_path / "bad.pt"))
+
+
+def _tiny_conv_graph(path) -> None:
+    """A one-Conv ONNX graph (1x3x8x8 -> 1x4x8x8), opset 13: enough for ONNX Runtime's static quantisation."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "weight")
+    conv = helper.make_node("Conv", ["images", "weight"], ["features"], name="conv", pads=[1, 1, 1, 1])
+    graph = helper.make_graph(
+        [conv],
+        "tiny",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # what every onnxruntime since 1.14 loads
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize(("count", "chunk"), [(12, 6), (96, 8), (7, 7), (13, 1)])
+def test_calibration_chunk_is_the_largest_divisor_up_to_the_limit(count, chunk):
+    assert quantization.calibration_chunk(count) == chunk
+
+
+def test_onnx_static_calibrates_in_chunks_and_writes_qdq(tmp_path, monkeypatch):
+    import onnx
+
+    _tiny_conv_graph(tmp_path / "float.onnx")
+    ranges = []
+    set_range = quantization._ChunkedFeeds.set_range
+
+    def recording_set_range(self, start_index: int, end_index: int) -> None:
+        ranges.append((start_index, end_index))
+        set_range(self, start_index, end_index)
+
+    monkeypatch.setattr(quantization._ChunkedFeeds, "set_range", recording_set_range)
+    rng = np.random.default_rng(1)
+    feeds = [{"images": rng.standard_normal((1, 3, 8, 8)).astype(np.float32)} for _ in range(12)]
+    quantization.quantize_onnx_static(tmp_path / "float.onnx", tmp_path / "int8.onnx", feeds, "MinMax", activation_type="QInt8")
+    assert ranges == [(0, 6), (6, 12)]  # ONNX Runtime never holds more than ORT_CALIB_CHUNK inputs' activations
+    ops = [node.op_type for node in onnx.load(str(tmp_path / "int8.onnx")).graph.node]
+    assert ops.count("QuantizeLinear") >= 1 and ops.count("DequantizeLinear") >= 2 and "Conv" in ops

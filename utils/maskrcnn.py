@@ -21,7 +21,6 @@ Backbones:
 from __future__ import annotations
 
 import io
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +39,9 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from utils.assets import download_once
-from utils.cli import UserError
+from utils.cli import UserError, first_line
 from utils.efficientnet_lite import LITE_VARIANTS, EfficientNetLite, load_efficientnet_lite
+from utils.outputs import atomic_path
 
 BACKBONES = ("resnet50", "mobilenet_v3_large", "efficientnet_lite0", "efficientnet_lite2")
 CHECKPOINT_FORMAT = "maskrcnn-checkpoint/1"  # bump when the file layout changes
@@ -163,17 +163,8 @@ def build_maskrcnn(
     for scale jitter (training picks one at random per batch, evaluation uses the last). options go to MaskRCNN
     (rpn_post_nms_top_n_test, box_detections_per_img, ...).
     """
-    check_backbone(backbone)
-    if weights not in ("pretrained", "none"):
-        raise UserError(f"weights must be 'pretrained' or 'none', got {weights!r}")
-    if weights == "pretrained" and (missing := pretrained_weights_missing(backbone)):
-        raise UserError(
-            f"--backbone {backbone} needs {missing}, which cannot be had here (offline?); use efficientnet_lite0 or efficientnet_lite2"
-        )
+    layers = _checked_build(backbone, weights, trainable_layers)
     pretrained = weights == "pretrained"
-    layers = DEFAULT_TRAINABLE_LAYERS[backbone] if trainable_layers is None else trainable_layers
-    if not 0 <= layers <= MAX_TRAINABLE_LAYERS[backbone]:
-        raise UserError(f"--trainable-layers for {backbone} must be from 0 to {MAX_TRAINABLE_LAYERS[backbone]}, got {layers}")
     sizes = {"min_size": tuple(min_size) if isinstance(min_size, list | tuple) else (min_size,), "max_size": max_size}
     speed = {  # fewer proposals and sampled RoIs than the COCO defaults: a few large objects per image
         "rpn_pre_nms_top_n_train": 1000,
@@ -203,7 +194,26 @@ def build_maskrcnn(
         )
         anchors = AnchorGenerator(((32, 64, 128, 256, 512),) * 3, ((0.5, 1.0, 2.0),) * 3)  # as fasterrcnn_mobilenet_v3_large_fpn
         return MaskRCNN(body, num_classes, rpn_anchor_generator=anchors, **sizes, **speed)
-    body = EfficientNetLiteFPN(backbone, pretrained, layers)
+    return _lite_maskrcnn(EfficientNetLiteFPN(backbone, pretrained, layers), num_classes, sizes | speed)
+
+
+def _checked_build(backbone: str, weights: str, trainable_layers: int | None) -> int:
+    """build_maskrcnn's arguments checked (a UserError naming the bad one); returns the trainable layer count."""
+    check_backbone(backbone)
+    if weights not in ("pretrained", "none"):
+        raise UserError(f"weights must be 'pretrained' or 'none', got {weights!r}")
+    if weights == "pretrained" and (missing := pretrained_weights_missing(backbone)):
+        raise UserError(
+            f"--backbone {backbone} needs {missing}, which cannot be had here (offline?); use efficientnet_lite0 or efficientnet_lite2"
+        )
+    layers = DEFAULT_TRAINABLE_LAYERS[backbone] if trainable_layers is None else trainable_layers
+    if not 0 <= layers <= MAX_TRAINABLE_LAYERS[backbone]:
+        raise UserError(f"--trainable-layers for {backbone} must be from 0 to {MAX_TRAINABLE_LAYERS[backbone]}, got {layers}")
+    return layers
+
+
+def _lite_maskrcnn(body: EfficientNetLiteFPN, num_classes: int, options: dict[str, Any]) -> MaskRCNN:
+    """The light heads on an EfficientNet-Lite FPN: 3 RoI levels, a 256-wide box head, 128-wide mask head."""
     channels = body.out_channels
     return MaskRCNN(
         body,
@@ -217,8 +227,7 @@ def build_maskrcnn(
         mask_predictor=MaskRCNNPredictor(128, 128, num_classes),
         image_mean=[127 / 255] * 3,  # the Lite weights were trained on (x - 127) / 128 (../shared/NOTES.md)
         image_std=[128 / 255] * 3,
-        **sizes,
-        **speed,
+        **options,
     )
 
 
@@ -257,9 +266,8 @@ def save_checkpoint(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     contents = {"format": CHECKPOINT_FORMAT, "model": half_state(model) if half else model.state_dict(), "meta": meta, **(training or {})}
-    partial = path.with_name(f".{path.name}.partial")
-    torch.save(contents, partial)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        torch.save(contents, partial)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -291,7 +299,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     try:
         model.load_state_dict(state)
     except RuntimeError as error:
-        raise UserError(f"{path} does not match a {meta['backbone']} Mask R-CNN: {str(error).splitlines()[0][:160]}") from None
+        raise UserError(f"{path} does not match a {meta['backbone']} Mask R-CNN: {first_line(error, 160)}") from None
     model.meta = meta
     return model.eval().to(device), meta
 

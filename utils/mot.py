@@ -48,6 +48,23 @@ def _numeric_rows(path: Path) -> list[tuple[int, list[float]]]:
     return rows
 
 
+def _check_row(fields: list[float], layout: str, gt: bool, where: str) -> None:
+    """A UserError naming `where` (file:line) when one row's frame, box, id or MOT16 class/visibility is impossible."""
+    frame, track_id, _, _, width, height = fields[:6]
+    if frame < 1 or not frame.is_integer():
+        raise UserError(f"{where}: frame must be a whole number >= 1, got {frame:g}")
+    if width <= 0 or height <= 0:
+        raise UserError(f"{where}: box width and height must be positive, got {width:g} x {height:g}")
+    if gt and track_id == -1:  # what MOT det files put in the id column; conf says nothing (MOT15 gt may hold -1)
+        raise UserError(f"{where}: not a gt row: id -1 marks a detection (a det file read as gt?)")
+    if gt and (track_id < 0 or not track_id.is_integer()):
+        raise UserError(f"{where}: a gt id must be a whole number >= 0, got {track_id:g}")
+    if layout == MOT16:
+        category, visibility = fields[7], fields[8]
+        if not category.is_integer() or category < 1 or not 0 <= visibility <= 1:
+            raise UserError(f"{where}: class must be a whole number >= 1 and visibility in [0, 1], got {category:g}, {visibility:g}")
+
+
 def _annotation_rows(path: Path, gt: bool) -> tuple[str, list[list[float]]]:
     """The file's layout and the fields of its rows, checked; the layout is decided by the first row, and a
     row that fits no layout, or another layout than the first, is a UserError naming file:line."""
@@ -69,19 +86,7 @@ def _annotation_rows(path: Path, gt: bool) -> tuple[str, list[list[float]]]:
         where = f"{path}:{line_number}"
         if len(fields) != len(first_fields):
             raise UserError(f"{where}: {len(fields)} fields in a {layout} file (line {first_line}): mixed formats")
-        frame, track_id, _, _, width, height = fields[:6]
-        if frame < 1 or not frame.is_integer():
-            raise UserError(f"{where}: frame must be a whole number >= 1, got {frame:g}")
-        if width <= 0 or height <= 0:
-            raise UserError(f"{where}: box width and height must be positive, got {width:g} x {height:g}")
-        if gt and track_id == -1:  # what MOT det files put in the id column; conf says nothing (MOT15 gt may hold -1)
-            raise UserError(f"{where}: not a gt row: id -1 marks a detection (a det file read as gt?)")
-        if gt and (track_id < 0 or not track_id.is_integer()):
-            raise UserError(f"{where}: a gt id must be a whole number >= 0, got {track_id:g}")
-        if layout == MOT16:
-            category, visibility = fields[7], fields[8]
-            if not category.is_integer() or category < 1 or not 0 <= visibility <= 1:
-                raise UserError(f"{where}: class must be a whole number >= 1 and visibility in [0, 1], got {category:g}, {visibility:g}")
+        _check_row(fields, layout, gt, where)
         checked.append(fields)
     return layout, checked
 

@@ -44,7 +44,7 @@ PAHO_QUEUE = 1000  # QoS 1/2 messages paho holds until acknowledged: a broker th
 CLOSE_TIMEOUT_S = 3.0
 SUBSCRIBER_QUIET_S = 0.3  # close_subscriber(): a broker passes a message on within milliseconds; this long silent = all in
 CAMERA_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # it names a topic level and an HTML id: no '/', '+', '#', quotes
-# Field -> allowed types, for every message; the README's schema table lists the same fields.
+# Field -> allowed types, for every message; docs/webcam_mqtt.md's schema table lists the same fields.
 FIELDS: dict[str, tuple[type, ...]] = {
     "schema": (int,),
     "camera": (str,),
@@ -83,15 +83,20 @@ def _box(value: Any, name: str) -> None:
         _number(coordinate, name)
 
 
-def validate_message(payload: bytes | str | dict) -> dict[str, Any]:
-    """The message as a dict if it follows schema version 1, else InvalidMessage saying what is wrong."""
-    if isinstance(payload, (bytes, bytearray, str)):
-        if len(payload) > MAX_MESSAGE_BYTES:
-            raise InvalidMessage(f"{len(payload)} bytes, over the limit of {MAX_MESSAGE_BYTES}")
-        try:
-            payload = json.loads(payload)
-        except (ValueError, UnicodeDecodeError) as error:
-            raise InvalidMessage(f"not JSON ({error})") from None
+def _parse(payload: bytes | str | dict) -> Any:
+    """A raw payload (size-checked) as JSON; a dict passes through."""
+    if not isinstance(payload, (bytes, bytearray, str)):
+        return payload
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage(f"{len(payload)} bytes, over the limit of {MAX_MESSAGE_BYTES}")
+    try:
+        return json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidMessage(f"not JSON ({error})") from None
+
+
+def _check_fields(payload: Any) -> None:
+    """An object with exactly the schema's fields, each of an allowed type (a bool is never a number)."""
     if not isinstance(payload, dict):
         raise InvalidMessage(f"must be a JSON object, got {type(payload).__name__}")
     missing, extra = FIELDS.keys() - payload.keys(), payload.keys() - FIELDS.keys()
@@ -100,6 +105,10 @@ def validate_message(payload: bytes | str | dict) -> dict[str, Any]:
     for name, types in FIELDS.items():
         if isinstance(payload[name], bool) or not isinstance(payload[name], types):
             raise InvalidMessage(f"{name} must be {' or '.join(t.__name__ for t in types)}, got {type(payload[name]).__name__}")
+
+
+def _check_header(payload: dict[str, Any]) -> None:
+    """Schema version, camera id, and the counters, sizes and times in range."""
     if payload["schema"] != SCHEMA_VERSION:
         raise InvalidMessage(f"schema {payload['schema']} is not the supported version {SCHEMA_VERSION}")
     if not CAMERA_ID.match(payload["camera"]):
@@ -108,22 +117,39 @@ def validate_message(payload: bytes | str | dict) -> dict[str, Any]:
         _number(payload[name], name, 0 if name in ("frame", "dropped") else 1)
     for name in ("capture_ts", "publish_ts", "inference_ms"):
         _number(payload[name], name, 0)
-    if len(payload["detections"]) > MAX_DETECTIONS:
-        raise InvalidMessage(f"{len(payload['detections'])} detections, over the limit of {MAX_DETECTIONS}")
-    for index, detection in enumerate(payload["detections"]):
+
+
+def _check_detections(detections: list[Any]) -> None:
+    """At most MAX_DETECTIONS, each {label, score, box}."""
+    if len(detections) > MAX_DETECTIONS:
+        raise InvalidMessage(f"{len(detections)} detections, over the limit of {MAX_DETECTIONS}")
+    for index, detection in enumerate(detections):
         if not isinstance(detection, dict) or detection.keys() != {"label", "score", "box"}:
             raise InvalidMessage(f"detections[{index}] must be {{label, score, box}}")
         if not isinstance(detection["label"], str) or not 0 < len(detection["label"]) <= 64:
             raise InvalidMessage(f"detections[{index}].label must be a short string")
         _number(detection["score"], f"detections[{index}].score", 0, 1)
         _box(detection["box"], f"detections[{index}].box")
-    main_person = payload["main_person"]
-    if main_person is not None:
-        if main_person.keys() != {"box", "score", "held"} or not isinstance(main_person["held"], bool):
-            raise InvalidMessage("main_person must be null or {box, score, held (bool)}")
-        _box(main_person["box"], "main_person.box")
-        _number(main_person["score"], "main_person.score", 0, 1)
-    return payload
+
+
+def _check_main_person(main_person: dict[str, Any] | None) -> None:
+    """null, or {box, score, held (bool)}."""
+    if main_person is None:
+        return
+    if main_person.keys() != {"box", "score", "held"} or not isinstance(main_person["held"], bool):
+        raise InvalidMessage("main_person must be null or {box, score, held (bool)}")
+    _box(main_person["box"], "main_person.box")
+    _number(main_person["score"], "main_person.score", 0, 1)
+
+
+def validate_message(payload: bytes | str | dict) -> dict[str, Any]:
+    """The message as a dict if it follows schema version 1, else InvalidMessage saying what is wrong."""
+    message = _parse(payload)
+    _check_fields(message)
+    _check_header(message)
+    _check_detections(message["detections"])
+    _check_main_person(message["main_person"])
+    return message
 
 
 ######################################################################################################################

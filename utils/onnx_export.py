@@ -32,10 +32,7 @@ Top layer: a tool that works on models, above the detectors it exports; utils.on
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -52,7 +49,8 @@ from utils.detectors import build_torchvision_model
 from utils.efficientnet_lite import IMAGE_SIZE, EfficientNetLite0, load_efficientnet_lite0
 from utils.metrics import box_iou
 from utils.onnx_runtime import frame_to_input, metadata_path, run_detector_session
-from utils.quantization import load_state
+from utils.outputs import atomic_path, write_json
+from utils.quantization import load_state, quantize_onnx_static
 
 CLASSIFIERS = ("efficientnet_lite0",)
 MODELS = (*CLASSIFIERS, *TORCHVISION_DETECTORS)
@@ -142,80 +140,90 @@ def export_onnx(
 ) -> Path:
     """Export model `name` (one of MODELS) to `path`, check it with onnx.checker, write `path`.json beside it.
 
-    Atomic: the graph is written to `path`.partial, checked, then renamed, so a crash never leaves a half file that
+    Atomic: the graph is written to a .partial path, checked, then renamed, so a crash never leaves a half file that
     looks like a model. image_size: the detectors' (height, width); options: see build_export_model.
     """
-    import onnx
-
     path = Path(path)
     model = build_export_model(name, weights, image_size, **options)
-    if name in CLASSIFIERS:
-        example = torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE)
-        output_names = ["logits"]
-        dynamic_axes = {"images": {0: "batch"}, "logits": {0: "batch"}}
-    else:
-        # noise, not a black frame: the trace then follows the path of a frame with boxes (the graph stays dynamic;
-        # an empty frame still gives (0, 4) boxes, see tests/test_utils_onnx_export.py)
-        example = torch.rand(1, 3, *image_size, generator=torch.Generator().manual_seed(0))
-        output_names = ["boxes", "scores", "labels"]
-        dynamic_axes = {output: {0: "detections"} for output in output_names}
+    example, output_names, dynamic_axes = _example_and_axes(name, image_size)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
+    with atomic_path(path) as partial:  # a failed export or check leaves nothing that looks like a model
         start = time.perf_counter()
-        with torch.no_grad(), warnings.catch_warnings():
-            # TracerWarnings on torchvision's shape arithmetic and the aten::index note: known, and what the parity
-            # helpers below check; dozens of them would bury the one line a script prints
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", message=".*aten::index.*", category=UserWarning)
-            warnings.filterwarnings("ignore", message="Constant folding.*", category=UserWarning)
-            warnings.filterwarnings("ignore", message="To copy construct from a tensor.*", category=UserWarning)
-            warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated.*", category=FutureWarning)
-            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*", category=DeprecationWarning)
-            torch.onnx.export(
-                model,
-                (example,),
-                str(partial),
-                dynamo=False,
-                opset_version=opset,
-                input_names=["images"],
-                output_names=output_names,
-                dynamic_axes=dynamic_axes,
-                do_constant_folding=True,
-            )
+        _trace_to_onnx(model, example, partial, opset, output_names, dynamic_axes)
         export_seconds = time.perf_counter() - start
-        _check_and_place(partial, path, f"the exported {name}")
-    finally:
-        partial.unlink(missing_ok=True)  # a failed export or check leaves nothing that looks like a model
+        _check_model(partial, f"the exported {name}")
+    settings = {"image_size": list(image_size), **options} if name not in CLASSIFIERS else {}
+    fields = {"weights": weights, "settings": settings, "opset": opset, "export_seconds": round(export_seconds, 3)}
+    write_json(metadata_path(path), _export_metadata(name, path, fields))
+    return path
+
+
+def _example_and_axes(name: str, image_size: tuple[int, int]) -> tuple[torch.Tensor, list[str], dict[str, dict[int, str]]]:
+    """The example input the exporter traces `name` with, its output names and its dynamic axes."""
+    if name in CLASSIFIERS:
+        return torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE), ["logits"], {"images": {0: "batch"}, "logits": {0: "batch"}}
+    # noise, not a black frame: the trace then follows the path of a frame with boxes (the graph stays dynamic;
+    # an empty frame still gives (0, 4) boxes, see tests/test_utils_onnx_export.py)
+    example = torch.rand(1, 3, *image_size, generator=torch.Generator().manual_seed(0))
+    output_names = ["boxes", "scores", "labels"]
+    return example, output_names, {output: {0: "detections"} for output in output_names}
+
+
+def _trace_to_onnx(model: nn.Module, example: torch.Tensor, path: Path, opset: int, output_names: list[str], dynamic_axes: dict) -> None:
+    """torch.onnx.export with the TorchScript exporter, the known warnings silenced."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # TracerWarnings on torchvision's shape arithmetic and the aten::index note: known, and what the parity
+        # helpers below check; dozens of them would bury the one line a script prints
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*aten::index.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message="Constant folding.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message="To copy construct from a tensor.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated.*", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*", category=DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+        )
+
+
+def _export_metadata(name: str, path: Path, fields: dict[str, Any]) -> dict[str, Any]:
+    """The metadata JSON of the FP32 graph at `path`: format, model, `fields` (weights, settings, opset,
+    export_seconds), exporter, the graph's inputs and outputs, versions, precision and file size."""
+    import onnx
+
     graph = onnx.load(str(path), load_external_data=False).graph
-    metadata = {
+    return {
         "format": METADATA_FORMAT,
         "model": name,
-        "weights": weights,
-        "settings": {"image_size": list(image_size), **options} if name not in CLASSIFIERS else {},
-        "opset": opset,
+        "weights": fields["weights"],
+        "settings": fields["settings"],
+        "opset": fields["opset"],
         "exporter": EXPORTER,
         "inputs": [_value_info(value) for value in graph.input],
         "outputs": [_value_info(value) for value in graph.output],
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "precision": "fp32",
-        "export_seconds": round(export_seconds, 3),
+        "export_seconds": fields["export_seconds"],
         "file_bytes": path.stat().st_size,
     }
-    _write_json(metadata_path(path), metadata)
-    return path
 
 
-def _check_and_place(partial: Path, path: Path, what: str) -> None:
-    """Check the model written to `partial` with onnx.checker, then rename it to `path` (atomic: no half model)."""
+def _check_model(path: Path, what: str) -> None:
+    """onnx.checker on the model at `path`; a one-line UserError when it fails."""
     import onnx
 
     try:
-        onnx.checker.check_model(str(partial))
+        onnx.checker.check_model(str(path))
     except onnx.checker.ValidationError as error:
         raise UserError(f"{what} fails onnx.checker: {first_line(error)}") from None
-    os.replace(partial, path)
 
 
 def _value_info(value: Any) -> dict[str, Any]:
@@ -225,12 +233,6 @@ def _value_info(value: Any) -> dict[str, Any]:
     tensor_type = value.type.tensor_type
     shape = [dim.dim_param or dim.dim_value for dim in tensor_type.shape.dim]
     return {"name": value.name, "shape": shape, "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name}
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(partial, path)
 
 
 ######################################################################################################################
@@ -274,16 +276,10 @@ def quantize_int8_qdq(
     output channel. Only INT8_OP_TYPES are quantised, so a detector's post-processing stays float. calibration: model
     inputs, one array per run, e.g. (1, 3, 224, 224) float32. method: one of CALIBRATION_METHODS. keep_float: names of
     nodes left unquantised (default: the model's first INT8_FLOAT_CONVS[model] convs, by its metadata JSON).
+    Calibration: utils.quantization.quantize_onnx_static, quantise.py's pipeline too, in chunks of a few inputs.
     """
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
+    from onnxruntime.quantization import quant_pre_process
 
     if method not in CALIBRATION_METHODS:
         raise UserError(f"unknown calibration method {method!r}; choose from {', '.join(CALIBRATION_METHODS)}")
@@ -292,19 +288,8 @@ def quantize_int8_qdq(
     source, path = Path(source), Path(path)
     input_name = _load_checked(source).graph.input[0].name
     if keep_float is None:
-        try:
-            model = json.loads(metadata_path(source).read_text()).get("model")
-        except (OSError, ValueError):
-            model = None
-        keep_float = first_convs(source, INT8_FLOAT_CONVS.get(model, 0))
-
-    class Inputs(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.feeds = iter({input_name: np.asarray(array, np.float32)} for array in calibration)
-
-        def get_next(self) -> dict | None:
-            return next(self.feeds, None)
-
+        keep_float = first_convs(source, INT8_FLOAT_CONVS.get(_exported_model_name(source), 0))
+    feeds = [{input_name: np.asarray(array, np.float32)} for array in calibration]
     path.parent.mkdir(parents=True, exist_ok=True)
     prepared = path.with_name(path.name + ".prepared.partial")
     partial = path.with_name(path.name + ".partial")
@@ -314,12 +299,10 @@ def quantize_int8_qdq(
         # fails on the detectors' If branches, and ONNX's own is enough for Conv/MatMul/Gemm
         quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         try:
-            with contextlib.redirect_stdout(sys.stderr):  # its calibrator prints progress: stdout is for a report
-                quantize_static(
-                    str(prepared), str(partial), Inputs(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=list(INT8_OP_TYPES),
-                    calibrate_method=CalibrationMethod[CALIBRATION_METHODS[method]], extra_options=QDQ_OPTIONS, nodes_to_exclude=list(keep_float),
-                )  # fmt: skip
+            quantize_onnx_static(
+                prepared, partial, feeds, CALIBRATION_METHODS[method], activation_type="QInt8", op_types=INT8_OP_TYPES,
+                nodes_to_exclude=keep_float, extra_options=QDQ_OPTIONS,
+            )  # fmt: skip
         except Exception as error:  # ORT raises plain Exceptions for bad feeds (shape, dtype): one line, not a trace
             raise UserError(f"INT8 calibration of {source} failed ({type(error).__name__}: {first_line(error)})") from None
         seconds = time.perf_counter() - start
@@ -330,6 +313,14 @@ def quantize_int8_qdq(
     calibration_info = {"method": method, "samples": len(calibration), "kept_float": list(keep_float)}
     _write_variant_metadata(source, path, {"precision": "int8", "calibration": calibration_info, "quantization_seconds": round(seconds, 3)})
     return path
+
+
+def _exported_model_name(source: Path) -> str | None:
+    """The model name export_onnx wrote in `source`'s metadata JSON; None without one."""
+    try:
+        return json.loads(metadata_path(source).read_text()).get("model")
+    except (OSError, ValueError):
+        return None
 
 
 def first_convs(path: str | Path, count: int) -> list[str]:
@@ -358,12 +349,9 @@ def _save_checked(model: Any, path: Path, precision: str) -> None:
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
+    with atomic_path(path) as partial:
         onnx.save(model, str(partial))
-        _check_and_place(partial, path, f"the {precision} model")
-    finally:
-        partial.unlink(missing_ok=True)
+        _check_model(partial, f"the {precision} model")
 
 
 def _write_variant_metadata(source: Path, path: Path, fields: dict[str, Any]) -> None:
@@ -371,7 +359,7 @@ def _write_variant_metadata(source: Path, path: Path, fields: dict[str, Any]) ->
     source_json = metadata_path(source)
     metadata = json.loads(source_json.read_text()) if source_json.is_file() else {}
     metadata.update(fields, source=source.name, file_bytes=path.stat().st_size)
-    _write_json(metadata_path(path), metadata)
+    write_json(metadata_path(path), metadata)
 
 
 def _subgraphs(graph: Any) -> list[Any]:

@@ -9,7 +9,7 @@ package torchao, and its X86InductorQuantizer only pays off after torch.compile 
 2 cores, and nothing that can be saved and reloaded as a plain state_dict), whereas FX runs on fbgemm/oneDNN kernels
 in eager mode and its result is an ordinary module: state_dict in, state_dict out, loaded with weights_only=True.
 
-Choices, with the evidence (efficientnet_lite0, 100 ImageNet images, 2-core AVX2 CPU; see README):
+Choices, with the evidence (efficientnet_lite0, 100 ImageNet images, 2-core AVX2 CPU; see docs/quantise.md):
 - activations: HistogramObserver, 7-bit (reduce_range) on fbgemm/x86. 8-bit activations overflow the int16 sums of
   AVX2 without VNNI (top-1 0.89 -> 0.80); MinMax observers 0.88 vs histogram 0.89.
 - weights: per-channel symmetric INT8 (torch's default for fbgemm/x86/onednn; per-tensor on qnnpack).
@@ -21,21 +21,29 @@ Choices, with the evidence (efficientnet_lite0, 100 ImageNet images, 2-core AVX2
   (FP32 0.272), ImageNet samples 0.88 -> 0.89; cheap, it has 3 input channels.
 - detectors: backbone + FPN and the RPN head conv static INT8, RoI box head MLP dynamic INT8 (its input, RoIAlign
   output, changes range per box; the 12544x1024 Linear is a weight-bound layer dynamic quantisation suits).
+
+ONNX Runtime static INT8 has ONE pipeline too, quantize_onnx_static: quantise.py's ONNX detectors and
+utils.onnx_export.quantize_int8_qdq (TensorRT's Q/DQ graphs) both call it, with their own options, and both calibrate
+in chunks of at most ORT_CALIB_CHUNK inputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import os
+import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from utils.cli import UserError
+from utils.outputs import atomic_path
 
 ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
 OBSERVERS = ("histogram", "minmax")
@@ -261,9 +269,8 @@ def save_artefact(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> P
     """Write model.state_dict() with `meta` (model, scheme, backend, settings) atomically; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save({"format": ARTEFACT_FORMAT, **meta, "state_dict": model.state_dict()}, partial)
-    os.replace(partial, path)
+    with atomic_path(path) as partial:
+        torch.save({"format": ARTEFACT_FORMAT, **meta, "state_dict": model.state_dict()}, partial)
     return path
 
 
@@ -290,3 +297,63 @@ def load_state(model: nn.Module, state: dict[str, Any], path: str | Path, what: 
     except (RuntimeError, KeyError, TypeError, AttributeError) as error:
         first = " ".join(str(error).strip().splitlines()[:2])[:200]
         raise UserError(f"{path} does not match {what}: {first}") from None
+
+
+######################################################################################################################
+# ONNX Runtime static INT8 (QDQ): ONE pipeline for quantise.py's ONNX detectors and onnx_export's TensorRT graphs
+
+# calibration inputs ONNX Runtime holds the activations of at once: given all at once it keeps every activation of every
+# input (~85 MB a yolox_nano frame: 192 frames passed 16 GB)
+ORT_CALIB_CHUNK = 8
+
+
+def calibration_chunk(count: int, most: int = ORT_CALIB_CHUNK) -> int:
+    """The most inputs, up to `most`, that divide `count`: ONNX Runtime's CalibStridedMinMax requires a divisor."""
+    return max(size for size in range(1, most + 1) if count % size == 0)
+
+
+class _ChunkedFeeds:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of feeds, with set_range for calibration in chunks."""
+
+    def __init__(self, feeds: Sequence[dict[str, np.ndarray]], progress: Any) -> None:
+        self.all_feeds, self.progress = feeds, progress
+        self.feeds = iter(feeds)
+
+    def __len__(self) -> int:
+        return len(self.all_feeds)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.feeds = iter(self.all_feeds[start_index:end_index])
+
+    def get_next(self) -> dict | None:
+        feed = next(self.feeds, None)
+        self.progress.update(feed is not None)
+        return feed
+
+
+def quantize_onnx_static(
+    prepared: str | Path,
+    path: str | Path,
+    feeds: Sequence[dict[str, np.ndarray]],
+    method: str,
+    activation_type: str = "QUInt8",
+    reduce_range: bool = False,
+    op_types: Sequence[str] | None = None,
+    nodes_to_exclude: Sequence[str] = (),
+    extra_options: dict[str, Any] | None = None,
+) -> None:
+    """Static INT8 QDQ copy at `path` of the ONNX graph `prepared` (already through quant_pre_process): weights
+    per-channel signed INT8, activations `activation_type` ('QUInt8' or 'QInt8') calibrated with `method` (a
+    CalibrationMethod name: 'MinMax', 'Percentile', 'Entropy') on `feeds` (one {input name: array} per run), in chunks
+    of calibration_chunk(len(feeds)) inputs. op_types: what to quantise (default all); the calibrator's progress goes
+    to stderr."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    options = {**(extra_options or {}), "CalibStridedMinMax": calibration_chunk(len(feeds))}  # chunks, any method
+    with tqdm(total=len(feeds), desc="calibrating", leave=False) as progress, contextlib.redirect_stdout(sys.stderr):
+        quantize_static(
+            str(prepared), str(path), _ChunkedFeeds(feeds, progress), quant_format=QuantFormat.QDQ, per_channel=True,
+            reduce_range=reduce_range, activation_type=QuantType[activation_type], weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(op_types) if op_types else None, calibrate_method=CalibrationMethod[method],
+            nodes_to_exclude=list(nodes_to_exclude), extra_options=options,
+        )  # fmt: skip

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -31,8 +30,9 @@ from typing import Any
 
 import torch
 
-from utils.cli import UserError
+from utils.cli import UserError, first_line
 from utils.onnx_runtime import metadata_path
+from utils.outputs import atomic_path, write_json
 from utils.tensorrt_runtime import ENGINE_FORMAT, environment, shape_text, tensorrt_missing, torch_dtypes_by_trt, trt_logger
 
 PRECISIONS = ("fp32", "fp16", "int8")  # labels of what the ONNX graph holds (strong typing: the graph decides)
@@ -95,21 +95,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write `path` via `path`.partial + rename, so a crash never leaves a half file that looks complete."""
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with partial.open("wb") as file:
-            file.write(data)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
-
-
 def _model_description(onnx_path: Path) -> dict[str, Any]:
     """model, weights and settings from the ONNX's own metadata JSON (export_onnx wrote it), so that an engine alone
     says what it runs (the detector backend needs the model's input size); empty when there is none."""
@@ -118,6 +103,74 @@ def _model_description(onnx_path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return {key: described[key] for key in ("model", "weights", "settings") if key in described}
+
+
+def _check_request(onnx_path: Path, engine_path: Path, precision: str, workspace_gib: float) -> None:
+    """Refuse, in one line, what cannot be built: a wrong precision or workspace, a missing ONNX, an engine whose JSON
+    would overwrite the ONNX's, a machine without TensorRT or CUDA."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if not onnx_path.is_file():
+        raise UserError(f"{onnx_path}: no such ONNX model (make one with utils.onnx_export.export_onnx)")
+    if metadata_path(engine_path) == metadata_path(onnx_path):
+        raise UserError(
+            f"engine {engine_path} would overwrite the ONNX metadata {metadata_path(onnx_path)}: name it e.g. {onnx_path.stem}.{precision}.engine"
+        )
+    if workspace_gib <= 0:
+        raise UserError(f"workspace of {workspace_gib} GiB: it must be positive")
+    reason = tensorrt_missing()
+    if reason:
+        raise UserError(f"cannot build a TensorRT engine: {reason}")
+
+
+def _parse_network(trt: Any, onnx_path: Path) -> tuple[Any, Any, Any]:
+    """(builder, strongly typed network, the parser that filled it: kept until the build, the network may use weights it holds)."""
+    builder = trt.Builder(trt_logger())
+    # strong typing: always on in TensorRT 11 (the flag is ignored there), opt-in in 10
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    flags = 1 << int(strongly_typed) if strongly_typed is not None and int(trt.__version__.split(".")[0]) < 11 else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, trt_logger())
+    if not parser.parse_from_file(str(onnx_path)):  # from the file, so external weights beside it are found
+        first = first_line(parser.get_error(0), 300) if parser.num_errors else "no error reported"
+        raise UserError(f"{onnx_path}: TensorRT's ONNX parser failed ({parser.num_errors} errors, first: {first})")
+    return builder, network, parser
+
+
+def _builder_config(
+    trt: Any, builder: Any, checked_profile: dict[str, dict[str, list[int]]], workspace_gib: float, cache_path: Path | None
+) -> Any:
+    """The builder config: workspace limit, the one optimisation profile, the timing cache."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    optimisation_profile = builder.create_optimization_profile()
+    for name, bounds in checked_profile.items():
+        optimisation_profile.set_shape(name, bounds["min"], bounds["opt"], bounds["max"])
+    config.add_optimization_profile(optimisation_profile)
+    _attach_timing_cache(config, cache_path)
+    return config
+
+
+def _build_and_write(builder: Any, network: Any, config: Any, onnx_path: Path, engine_path: Path, cache_path: Path | None) -> float:
+    """Build the engine, write it (and the timing cache) atomically; returns the build time in seconds."""
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    build_seconds = time.perf_counter() - start
+    if serialized is None:
+        raise UserError(f"TensorRT could not build an engine from {onnx_path} (its log above says why)")
+    engine_path.parent.mkdir(parents=True, exist_ok=True)
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(cache_path) as partial:
+            partial.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    with atomic_path(engine_path) as partial:
+        partial.write_bytes(memoryview(serialized))
+    return build_seconds
+
+
+def _tensors(network: Any, count: int, get: Any) -> list[dict[str, Any]]:
+    """[{name, shape, dtype}] of a network's inputs or outputs."""
+    return [{"name": tensor.name, "shape": list(tensor.shape), "dtype": _dtype_name(tensor.dtype)} for tensor in map(get, range(count))]
 
 
 def build_engine(
@@ -138,52 +191,14 @@ def build_engine(
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
     cache_path = Path(timing_cache) if timing_cache is not None else None
-    if precision not in PRECISIONS:
-        raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    if not onnx_path.is_file():
-        raise UserError(f"{onnx_path}: no such ONNX model (make one with utils.onnx_export.export_onnx)")
-    if metadata_path(engine_path) == metadata_path(onnx_path):
-        raise UserError(
-            f"engine {engine_path} would overwrite the ONNX metadata {metadata_path(onnx_path)}: name it e.g. {onnx_path.stem}.{precision}.engine"
-        )
-    if workspace_gib <= 0:
-        raise UserError(f"workspace of {workspace_gib} GiB: it must be positive")
-    reason = tensorrt_missing()
-    if reason:
-        raise UserError(f"cannot build a TensorRT engine: {reason}")
+    _check_request(onnx_path, engine_path, precision, workspace_gib)
     import tensorrt as trt
 
-    builder = trt.Builder(trt_logger())
-    # strong typing: always on in TensorRT 11 (the flag is ignored there), opt-in in 10
-    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    flags = 1 << int(strongly_typed) if strongly_typed is not None and int(trt.__version__.split(".")[0]) < 11 else 0
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, trt_logger())
-    if not parser.parse_from_file(str(onnx_path)):  # from the file, so external weights beside it are found
-        first = str(parser.get_error(0)).strip().splitlines()[0] if parser.num_errors else "no error reported"
-        raise UserError(f"{onnx_path}: TensorRT's ONNX parser failed ({parser.num_errors} errors, first: {first[:300]})")
-    network_inputs = [network.get_input(index) for index in range(network.num_inputs)]
-    network_outputs = [network.get_output(index) for index in range(network.num_outputs)]
-    checked_profile = _check_profile(profile, {tensor.name: list(tensor.shape) for tensor in network_inputs}, onnx_path.name)
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    optimisation_profile = builder.create_optimization_profile()
-    for name, bounds in checked_profile.items():
-        optimisation_profile.set_shape(name, bounds["min"], bounds["opt"], bounds["max"])
-    config.add_optimization_profile(optimisation_profile)
-    _attach_timing_cache(config, cache_path)
-
-    start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    build_seconds = time.perf_counter() - start
-    if serialized is None:
-        raise UserError(f"TensorRT could not build an engine from {onnx_path} (its log above says why)")
-    engine_path.parent.mkdir(parents=True, exist_ok=True)
-    if cache_path is not None:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(cache_path, memoryview(config.get_timing_cache().serialize()))
-    _write_atomic(engine_path, memoryview(serialized))
+    builder, network, _parser = _parse_network(trt, onnx_path)
+    network_inputs = _tensors(network, network.num_inputs, network.get_input)
+    checked_profile = _check_profile(profile, {tensor["name"]: tensor["shape"] for tensor in network_inputs}, onnx_path.name)
+    config = _builder_config(trt, builder, checked_profile, workspace_gib, cache_path)
+    build_seconds = _build_and_write(builder, network, config, onnx_path, engine_path, cache_path)
 
     env = environment()
     metadata = {
@@ -193,8 +208,8 @@ def build_engine(
         "onnx_sha256": _sha256(onnx_path),
         "precision": precision,
         "profile": checked_profile,
-        "inputs": [{"name": tensor.name, "shape": list(tensor.shape), "dtype": _dtype_name(tensor.dtype)} for tensor in network_inputs],
-        "outputs": [{"name": tensor.name, "shape": list(tensor.shape), "dtype": _dtype_name(tensor.dtype)} for tensor in network_outputs],
+        "inputs": network_inputs,
+        "outputs": _tensors(network, network.num_outputs, network.get_output),
         "tensorrt": trt.__version__,
         "gpu": env["gpu"],
         "compute_capability": env["compute_capability"],
@@ -204,5 +219,5 @@ def build_engine(
         "timing_cache": str(cache_path) if cache_path is not None else None,
         "workspace_gib": workspace_gib,
     }
-    _write_json(metadata_path(engine_path), metadata)
+    write_json(metadata_path(engine_path), metadata)
     return metadata
