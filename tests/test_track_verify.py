@@ -3,6 +3,7 @@ mining, training, the full report on the bundled data, and bad input."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -15,8 +16,11 @@ import torch
 from conftest import REPO, TUD_CAMPUS
 
 import track_verify
+from utils.assets import REID_0287_PATH, REID_0288_PATH
 from utils.cli import UserError
 from utils.mot import read_mot_boxes
+from utils.onnx_runtime import create_session
+from utils.video import read_rgb_image
 
 BUNDLED_CROPS = REPO / "assets" / "data" / "track-crops"
 
@@ -282,6 +286,76 @@ def test_cache_from_another_backbone_is_rebuilt(tmp_path, capsys):
     assert "made with other settings" in capsys.readouterr().err
     (tmp_path / "cache" / "TUD-Campus.npz").write_bytes(b"not a cache")
     assert run(tmp_path, *flags)["descriptor_cache"]["rebuilt"] == ["TUD-Campus"]
+
+
+########################################################################################################################
+# Person re-id backends (reid-0287, reid-0288: Open Model Zoo ONNX, batch made symbolic in memory)
+
+
+def bundled_crops(sequence: str, identities: int, position: int) -> np.ndarray:
+    """The crop at `position` (or the last) along each of the first `identities` identities of a bundled crop sequence, RGB at CROP_SIZE."""
+    folders = sorted(path for path in (BUNDLED_CROPS / sequence).iterdir() if path.is_dir())[:identities]
+    tracks = [sorted((folder / "gt").glob("*.jpg")) for folder in folders]
+    files = [track[min(position, len(track) - 1)] for track in tracks]  # a short track: its last crop
+    return np.stack([track_verify.crop_pixels(read_rgb_image(file), track_verify.Crop(file, None, 0)) for file in files])
+
+
+def test_reid_batched_descriptors_equal_one_by_one_and_the_unchanged_model():
+    crops = bundled_crops("PETS09-S2L1", 8, 0)
+    describe = track_verify.build_describer("reid-0287", "DEFAULT", torch.device("cpu"), threads=2)
+    batched = describe(crops)
+    singles = np.concatenate([describe(crops[index : index + 1]) for index in range(len(crops))])
+    assert batched.shape == (8, 256) and np.allclose(np.linalg.norm(batched, axis=1), 1, atol=1e-5)
+    assert np.allclose(batched, singles, atol=1e-5)  # a batch-1 Reshape or a reduction over the batch would mix crops
+    # the file as shipped (batch 1, BGR 0-255) gives the same descriptor: the in-memory changes changed nothing else
+    session = create_session(REID_0287_PATH, threads=2)
+    original = session.run(None, {"inputs:0": crops[:1, ..., ::-1].astype(np.float32)})[0][0]
+    assert np.allclose(original / np.linalg.norm(original), batched[0], atol=1e-5)
+    assert len({round(float(value), 4) for value in batched[:, 0]}) > 1  # eight people, not one descriptor repeated
+
+
+def test_reid_0287_scores_the_same_person_higher_than_others():
+    """First crop of 6 PETS09-S2L1 people against their 41st (or last): measured 0.67 same vs 0.32 different, 5 of 6 best
+    matches right (efficientnet_lite0: 0.70 vs 0.60, 4 of 6)."""
+    describe = track_verify.build_describer("reid-0287", "DEFAULT", torch.device("cpu"), threads=2)
+    cosine = describe(bundled_crops("PETS09-S2L1", 6, 0)) @ describe(bundled_crops("PETS09-S2L1", 6, 40)).T
+    same, different = np.diag(cosine).mean(), cosine[~np.eye(6, dtype=bool)].mean()
+    assert same > different + 0.2, (same, different)
+    assert (cosine.argmax(axis=1) == np.arange(6)).sum() >= 4
+
+
+def test_cache_is_never_reused_across_imagenet_and_reid_models(tmp_path, capsys):
+    flags = ["--data", str(TUD_CAMPUS), "--aggregator", "none", "--bootstrap", "0"]
+    lite = run(tmp_path, *flags)
+    assert lite["descriptor_dim"] == 1280 and lite["descriptor_cache"]["computed"] == 350
+    capsys.readouterr()
+    reid = run(tmp_path, *flags, "--backbone", "reid-0287")
+    assert reid["descriptor_dim"] == 256 and reid["descriptor_cache"] == {"cached": 0, "computed": 350, "rebuilt": ["TUD-Campus"]}
+    assert "made with other settings" in capsys.readouterr().err
+    with np.load(tmp_path / "cache" / "TUD-Campus.npz") as cached:
+        meta = json.loads(str(cached["meta"]))
+    assert meta["backbone"] == "reid-0287" and meta["weights"] == "sha256:" + hashlib.sha256(REID_0287_PATH.read_bytes()).hexdigest()
+    assert run(tmp_path, *flags, "--backbone", "reid-0287")["descriptor_cache"] == {"cached": 350, "computed": 0, "rebuilt": []}
+    # the same name with another file behind it (a re-id model given by path): its hash tells them apart
+    other = tmp_path / "reid-0287.onnx"
+    shutil.copyfile(REID_0288_PATH, other)
+    assert run(tmp_path, *flags, "--backbone", str(other))["descriptor_cache"]["rebuilt"] == ["TUD-Campus"]
+    assert run(tmp_path, *flags, "--backbone", "reid-0288")["descriptor_cache"]["rebuilt"] == ["TUD-Campus"]
+    back = run(tmp_path, *flags)
+    assert back["descriptor_dim"] == 1280 and back["descriptor_cache"]["rebuilt"] == ["TUD-Campus"]
+
+
+def test_reid_model_of_the_wrong_shape_is_one_line(tmp_path):
+    detector = REPO / "assets" / "models" / "ped_ssdlite_person.onnx"
+    command = [sys.executable, "track_verify.py", "--data", str(TUD_CAMPUS), "--backbone", str(detector)]
+    finished = subprocess.run(
+        [*command, "--cache-dir", "", "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    lines = finished.stderr.strip().splitlines()
+    assert finished.returncode == 1 and len(lines) == 1, finished.stderr
+    assert lines[0].startswith(f"error: {detector} is not a person re-id model: input [") and "output [" in lines[0]
+    with pytest.raises(UserError, match="no such re-id model"):
+        run(tmp_path, "--data", str(TUD_CAMPUS), "--backbone", str(tmp_path / "missing.onnx"))
 
 
 def test_torchvision_backbone_offline_is_one_line(tmp_path, offline):

@@ -28,6 +28,9 @@ ASSETS = REPO_ROOT / "assets"  # everything bundled, each file with its SOURCE (
 SSDLITE_PERSON_PATH = ASSETS / "models" / "ped_ssdlite_person.onnx"
 YOLOX_NANO_PATH = ASSETS / "models" / "yolox_nano_416x416.onnx"
 BALLOON_MASKRCNN_PATH = ASSETS / "models" / "balloon_maskrcnn_efficientnet_lite0.pt"  # maskrcnn_train.py's shipped model
+REID_0287_PATH = ASSETS / "models" / "person-reidentification-retail-0287.onnx"  # Open Model Zoo person re-id, 256-D
+REID_0288_PATH = ASSETS / "models" / "person-reidentification-retail-0288.onnx"  # its smaller sibling, 256-D
+REID_MODELS = {"reid-0287": REID_0287_PATH, "reid-0288": REID_0288_PATH}  # track_verify.py --backbone names
 
 # Bundled data the scripts default to (assets/data, assets/videos)
 TUD_CAMPUS = ASSETS / "data" / "TUD-Campus"  # MOT15 sequence with person gt: detector accuracy and parity frames

@@ -46,6 +46,8 @@ from utils.onnx_runtime import (
     create_session,
     execution_providers,
     frame_to_input,
+    graph_dims,
+    load_onnx_model,
     load_onnx_session,
     metadata_path,
     run_detector_session,
@@ -482,11 +484,6 @@ class Letterbox(NamedTuple):
     height: int
 
 
-def _onnx_shape(value: Any) -> list[int | str]:
-    """The dims of a graph input/output: numbers, or names where symbolic ('?' where neither)."""
-    return [dim.dim_value if dim.HasField("dim_value") else dim.dim_param or "?" for dim in value.type.tensor_type.shape.dim]
-
-
 def _make_yolox_dynamic(model: Any, path: Path) -> None:
     """Check that `model` (an onnx.ModelProto) is a YOLOX COCO head and free its batch, height, width and anchor dims.
 
@@ -500,8 +497,8 @@ def _make_yolox_dynamic(model: Any, path: Path) -> None:
     graph = model.graph
     initializer_names = {tensor.name for tensor in graph.initializer}
     inputs = [value for value in graph.input if value.name not in initializer_names]
-    input_shape = _onnx_shape(inputs[0]) if inputs else []
-    output_shape = _onnx_shape(graph.output[0]) if graph.output else []
+    input_shape = graph_dims(inputs[0]) if inputs else []
+    output_shape = graph_dims(graph.output[0]) if graph.output else []
     if len(inputs) != 1 or len(input_shape) != 4 or input_shape[1] != 3 or len(output_shape) != 3 or output_shape[2] != YOLOX_OUTPUTS:
         raise UserError(
             f"{path} is not a YOLOX COCO model: input {input_shape} output {output_shape} "
@@ -520,14 +517,7 @@ def _make_yolox_dynamic(model: Any, path: Path) -> None:
 def load_yolox_model(path: Path) -> Any:
     """The YOLOX graph at `path` as an onnx.ModelProto with free batch, height, width and anchor dims (what the
     detector runs and quantise.py quantises); a missing, non-ONNX or non-YOLOX file is a UserError of one line."""
-    import onnx
-
-    if not path.is_file():
-        raise UserError(f"{path}: no such YOLOX model (yolox_nano_416x416.onnx ships in assets/models)")
-    try:
-        model = onnx.load(str(path))
-    except Exception as error:  # protobuf DecodeError and friends: all mean not an ONNX file
-        raise UserError(f"{path} is not a loadable ONNX model ({type(error).__name__})") from None
+    model = load_onnx_model(path, "YOLOX model (yolox_nano_416x416.onnx ships in assets/models)")
     _make_yolox_dynamic(model, path)
     return model
 

@@ -98,3 +98,21 @@ def run_detector_session(session: Any, image: np.ndarray) -> tuple[np.ndarray, n
     """boxes (D, 4) float32, scores (D,), labels (D,) int64 of one (1, 3, H, W) float image, D possibly 0."""
     boxes, scores, labels = session.run(["boxes", "scores", "labels"], {"images": image})
     return boxes.reshape(-1, 4).astype(np.float32), scores.reshape(-1), labels.reshape(-1).astype(np.int64)
+
+
+def load_onnx_model(path: Path, what: str) -> Any:
+    """The ONNX graph at `path` as an onnx.ModelProto, to check or adapt in memory before a session is made; a missing
+    file or one that is not ONNX is a UserError of one line naming `what` it should have been."""
+    import onnx  # here: onnx is only needed by the backends that adapt their graph, and costs ~0.2 s to import
+
+    if not Path(path).is_file():
+        raise UserError(f"{path}: no such {what}")
+    try:
+        return onnx.load(str(path))
+    except Exception as error:  # protobuf DecodeError and friends: all mean not an ONNX file
+        raise UserError(f"{path} is not a loadable ONNX model ({type(error).__name__})") from None
+
+
+def graph_dims(value: Any) -> list[int | str]:
+    """The dims of an ONNX graph input or output: numbers, or names where symbolic ('?' where neither)."""
+    return [dim.dim_value if dim.HasField("dim_value") else dim.dim_param or "?" for dim in value.type.tensor_type.shape.dim]
