@@ -41,7 +41,9 @@ yolox_nano (quantise.py --model yolox_nano; 2-core AMD EPYC Zen 5, AVX-512 VNNI,
 AP@0.5 (0.740 -> 0.744; AP@0.5:0.95 0.313 -> 0.280) at a third of the size (3.5 -> 1.2 MB) but is NOT faster: 0.67x at
 batch 1, 0.97x at batch 4 (1 thread, interleaved: 0.89x, 0.95x). Its convs do run 1.55x faster (ORT profile, 1 thread:
 3.7 -> 2.4 ms), but each of its 104 SiLUs, one fused vectorised QuickGelu in FP32 (1.1 ms in all), becomes a table
-QLinearSigmoid plus a QLinearMul in INT8 (3.2 ms in all).
+QLinearSigmoid plus a QLinearMul in INT8 (3.2 ms in all). A later run (FP32 and INT8 each in its own process, one
+after the other, the other core busy) gave 1.52x at batch 1 (9.0 -> 5.9 ms): such runs swing with the load, so the
+interleaved figures above are the ones to trust.
 """
 
 from __future__ import annotations
