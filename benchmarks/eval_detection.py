@@ -65,7 +65,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_main_person import DEFAULT_SEQUENCES  # one list of default sequences for both MOT benchmarks
+from eval_main_person import add_sequences_argument, sequence_roots  # one --sequences for the MOT benchmarks
 
 from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, set_threads
 from utils.detectors import DETECTORS, PERSON, Detections, Detector, build_detector
@@ -315,12 +315,7 @@ def write_outputs(out: Path, results: dict[str, Any], table: str) -> None:
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--sequences",
-        nargs="+",
-        default=None,
-        help="MOT sequence folders, or folders of them (default: assets/data/TUD-Campus, and ../shared/data/mot-extra when present)",
-    )
+    add_sequences_argument(parser)
     parser.add_argument(
         "--detectors",
         nargs="+",
@@ -344,7 +339,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     specs = [parse_detector_spec(text) for text in args.detectors]
     if len({spec.label for spec in specs}) < len(specs):  # one column per label: a repeated one would overwrite the other
         raise UserError(f"--detectors {' '.join(args.detectors)}: a detector is named twice")
-    roots = args.sequences or [path for path in DEFAULT_SEQUENCES if path.exists()]
+    roots = sequence_roots(args.sequences)
     folders = [folder for root in roots for folder in find_mot_sequences(root)]
     if not folders:
         raise UserError("no MOT sequence to evaluate: give --sequences")

@@ -99,14 +99,24 @@ def run_pipeline(sequence: Path, pipeline_args: list[str], out: Path) -> tuple[l
     return [json.loads(line) for line in Path(results["jsonl"]).read_text().splitlines()], results["fps_end_to_end"]
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_sequences_argument(parser: argparse.ArgumentParser) -> None:
+    """--sequences, shared by the MOT benchmarks (this one, eval_detection.py, tune_main_person.py)."""
     parser.add_argument(
         "--sequences",
         nargs="+",
         default=None,
         help="MOT sequence folders, or folders of them (default: assets/data/TUD-Campus, and ../shared/data/mot-extra when present)",
     )
+
+
+def sequence_roots(given: list[str] | None) -> list[Path]:
+    """The --sequences given, else the DEFAULT_SEQUENCES that exist here."""
+    return [Path(root) for root in given] if given else [path for path in DEFAULT_SEQUENCES if path.exists()]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_sequences_argument(parser)
     parser.add_argument(
         "--split",
         default="all",
@@ -190,7 +200,7 @@ def evaluate(
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
-    roots = [Path(root) for root in args.sequences] if args.sequences else [path for path in DEFAULT_SEQUENCES if path.exists()]
+    roots = sequence_roots(args.sequences)
     folders = select_sequences(roots, args.split)
     pipeline_args = pipeline_arguments(args)
     with tempfile.TemporaryDirectory() as workdir:

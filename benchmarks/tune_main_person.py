@@ -140,9 +140,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", action="append", required=True, help="FLAG=V1,V2,...: one stage of the search (repeatable, in order)")
     parser.add_argument("--base", default="", help='flags every setting shares, one string: "--threads 2" (default: none)')
-    parser.add_argument(
-        "--sequences", nargs="+", default=None, help="as eval_main_person.py (default: TUD-Campus + ../shared/data/mot-extra)"
-    )
+    eval_main_person.add_sequences_argument(parser)
     parser.add_argument("--out", default=None, help="write results.json and report.md here (default: none)")
     return parser
 
@@ -151,7 +149,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     stages = [parse_stage(text) for text in args.stage]
     base_list = shlex.split(args.base)
     base = dict(zip(base_list[::2], base_list[1::2], strict=True))
-    roots = [Path(root) for root in args.sequences] if args.sequences else [p for p in eval_main_person.DEFAULT_SEQUENCES if p.exists()]
+    roots = eval_main_person.sequence_roots(args.sequences)
     folders = eval_main_person.select_sequences(roots, "all")
     if not any(folder.name in eval_main_person.TUNING_SEQUENCES for folder in folders):
         raise UserError(f"none of the tuning sequences ({', '.join(eval_main_person.TUNING_SEQUENCES)}) found: nothing may choose")

@@ -14,8 +14,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from supervision.detection.core import Detections
-from supervision.tracker.byte_tracker.core import ByteTrack
 
 from utils.metrics import box_iou
 
@@ -151,6 +149,11 @@ class TrackedMainPersonSelector(MainPersonSelector):
         hold_frames: int = 5,
         frame_rate: float = DEFAULT_FRAME_RATE,
     ) -> None:
+        # supervision takes ~0.5 s to import: only a selector that uses it pays that, not every script's start-up
+        from supervision.detection.core import Detections
+        from supervision.tracker.byte_tracker.core import ByteTrack
+
+        self._detections = Detections
         with warnings.catch_warnings():  # sv.ByteTrack warns it is deprecated: requirements.txt pins the release that has it
             warnings.filterwarnings("ignore", message="The `ByteTrack` was deprecated", category=FutureWarning)
             self.tracker = ByteTrack(
@@ -174,7 +177,7 @@ class TrackedMainPersonSelector(MainPersonSelector):
 
     def track_ids(self, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
         """Feed one frame to the tracker; every detection's track id, in the caller's order (NO_TRACK: none)."""
-        detections = Detections(
+        detections = self._detections(
             xyxy=boxes.astype(np.float32),  # a copy: the tracker never touches the caller's boxes
             confidence=scores.astype(np.float32),
             class_id=np.zeros(len(boxes), np.int64),  # all persons: one class
