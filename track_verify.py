@@ -9,38 +9,51 @@ and its evaluation had too few pairs to measure 1e-6. Here identities are split 
 
 Data: any MOT-format root (tracks = crops of one gt identity, 10 sampled uniformly along a segment of its track), or
 a folder layout <root>/<identity>/<track>/*.jpg (face tracks in that layout run through the same code; files sorted
-by name are in time order). Descriptors: a frozen ImageNet backbone (efficientnet_lite0 with its real weights,
-offline; any torchvision classifier online) or a person re-id ONNX model (--backbone reid-0287 / reid-0288, bundled:
-Open Model Zoo, batch made symbolic in memory), L2-normalised, cached per crop on disk (--cache-dir, keyed on the
-backbone and its weights or model file hash) so that training never recomputes the backbone. Aggregators: single (the first crop: the no-track baseline) and mean (untrained), and
-the learned attention (quality-weighted pooling) or gru, trained with a triplet loss (batch-hard or semi-hard mining)
-on P identities x K random tracks per batch. Each learned aggregator is also scored on the first crop alone, so the
-gain of the track can be told from the gain of the learned projection.
+by name are in time order). A MOT box less than --min-visibility (30%) visible is left out: the share no box in
+front of it covers (its bottom edge lower in the image), or MOT16+'s own visibility when smaller; such a crop shows
+whoever stands in front, and a detector-fed tracker would not have it. One person under two gt ids (who left and
+came back, or walks through two sequences) is one identity: --same-person lists them (bundled: 3 pairs, found among
+the false positives and checked by eye on the crops). Descriptors: a person re-id ONNX model
+(--backbone reid-0287, the default, or reid-0288: Open Model Zoo, bundled, batch made symbolic in memory) or a frozen
+ImageNet backbone (efficientnet_lite0 with its real weights, offline; any torchvision classifier online),
+L2-normalised, cached per crop on disk (--cache-dir, keyed on the backbone and its weights or model file hash, and
+the exact crops) so that training never recomputes the backbone. Aggregators: single (the first crop: the no-track
+baseline) and mean (untrained); the learned ones: whitened (the mean after centring and within-identity whitening
+fitted on the training identities in closed form), attention (quality-weighted pooling) and gru, the last two
+trained with a triplet loss (batch-hard or semi-hard mining) on P identities x K random tracks per batch. Each
+learned aggregator is also scored on the first crop alone, so the gain of the track can be told from the gain of
+the learned projection. benchmarks/eval_track_verify.py runs every backbone on the tuning sequences and on the
+held-out ones (held out whole): reports/track_verify.
 
 Run:
     python track_verify.py --data assets/data/TUD-Campus --aggregator attention
-    python track_verify.py                                           # the bundled data: TUD-Campus + PETS09 + ADL crops
-    python track_verify.py --aggregator all --mining semi-hard --test-sequences ADL-Rundle-6
-    python track_verify.py --data ../shared/data/mot-extra --export-crops assets/data/track-crops   # MOT -> folders
+    python track_verify.py --aggregator all                          # the bundled data: TUD-Campus + PETS09 + ADL crops
+    python track_verify.py --data assets/data/TUD-Campus ../shared/data/mot-extra --test-sequences Venice-2 MOT17-09 MOT16-05
+    python track_verify.py --backbone efficientnet_lite0 --aggregator all --mining semi-hard
+    python track_verify.py --data ../shared/data/mot-extra --min-visibility 0 --export-crops assets/data/track-crops
 Writes to --out: results.json, report.md, roc.png (ROC per method, the unresolvable region shaded, training loss),
 <aggregator>.pt (weights with the settings that made them).
 
-Measured (2-core x86 CPU, 2 threads; the bundled data: 30 identities, 15 in test, 55 tracks, 79 positive and 1,406
-negative pairs; medians of 3 identity splits): TPR@FPR=1e-3 single crop 0.135, mean of 10 crops 0.300, attention
-0.203, GRU 0.266; AUC 0.893 / 0.986 / 0.983 / 0.979. A track beats a picture; trained on 15 identities the learned
-aggregators do not beat the mean. FPR 1e-6, 1e-5, 1e-4 are NOT resolvable with 1,406 negatives and are printed as
-such, beside TPR at zero false positives. First run ~1 min (descriptors), then ~30 s from the cache. Re-id
-descriptors (2 threads, batches of 64, median): reid-0287 328 crops/s, reid-0288 618 (efficientnet_lite0: 66).
+Measured (2-core x86 CPU; benchmarks/eval_track_verify.py, reports/track_verify): trained on the 26 identities of
+TUD-Campus, PETS09-S2L1 and ADL-Rundle-6, tested on the 34 of Venice-2, MOT17-09 and MOT16-05 held out whole (186
+tracks, 16,663 negative pairs: FPR 1e-4 resolvable, 1e-5 and 1e-6 not), reid-0287: TPR@FPR=1e-3 single crop 0.825,
+mean of 10 0.930 [0.88, 0.99], whitened mean 0.950, attention 0.939, GRU 0.904; at 1e-4 the mean 0.873
+(efficientnet_lite0 at 1e-3: single 0.120, mean 0.268). The re-id model is most of the gain, leaving out hidden
+crops the next (mean 0.422 -> 0.930 on the same identities), the track and the whitening add the rest.
+Descriptors (2 threads, median of 3 interleaved rounds, benchmarks/bench_descriptors.py): reid-0287 374 crops/s,
+reid-0288 628, efficientnet_lite0 107.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import math
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from utils.assets import REID_MODELS, TRACK_CROPS, TUD_CAMPUS
+from utils.assets import REID_MODELS, TRACK_CROPS, TRACK_SAME_PERSON, TUD_CAMPUS
 from utils.cli import ArgumentParser, UserError, number, resolve_device, run_cli, seed_everything, set_threads
 from utils.mot import find_mot_sequences, read_mot_sequence
 from utils.onnx_runtime import create_session, execution_providers, graph_dims, load_onnx_model
@@ -70,7 +83,8 @@ BUNDLED_DATA = [
 CROP_SIZE = (256, 128)  # height, width: the re-identification standard for upright people (Market-1501 and after)
 CACHE_VERSION = 1  # bump when crop or preprocessing rules change: older caches are then rebuilt
 DEFAULT_FPRS = (1e-6, 1e-5, 1e-4, 1e-3)
-LEARNED = ("attention", "gru")
+TRIPLET = ("attention", "gru")  # trained by gradient steps on a triplet loss
+LEARNED = ("whitened", *TRIPLET)  # whitened: fitted in closed form
 Describer = Callable[[np.ndarray], np.ndarray]  # (N, 256, 128, 3) RGB uint8 crops -> (N, D) L2-normalised float32
 
 
@@ -96,6 +110,7 @@ class Identity:
     sequence: str
     sources: list[list[Crop]]  # one list per source track (a gt track, a track folder), each in time order
     descriptors: np.ndarray | None = None  # (crops of all sources, D), sources one after another
+    also_in: tuple[str, ...] = ()  # other sequences this person is in (one person under two ids, merged)
 
     @property
     def source_ranges(self) -> list[range]:
@@ -113,16 +128,18 @@ class Sequence:
     layout: str  # "mot" or "folders"
     identities: list[Identity] = field(default_factory=list)
     skipped: int = 0  # identities with no source track as long as --track-length
+    hidden_crops: int = 0  # MOT crops dropped as less than --min-visibility visible
 
 
-def read_sequences(roots: list[Path], track_length: int) -> list[Sequence]:
-    """Every sequence under the --data roots, identities shorter than track_length skipped (and counted)."""
+def read_sequences(roots: list[Path], track_length: int, min_visibility: float = 0.0) -> list[Sequence]:
+    """Every sequence under the --data roots, identities shorter than track_length skipped (and counted); MOT crops
+    less than min_visibility visible dropped first (and counted)."""
     sequences = []
     for root in roots:
         if not root.is_dir():
             raise UserError(f"{root}: no such folder")
         if (root / "img1").is_dir() or (root / "seqinfo.ini").is_file() or any(root.rglob("img1")):
-            sequences += [read_mot_identities(path, track_length) for path in find_mot_sequences(root)]
+            sequences += [read_mot_identities(path, track_length, min_visibility) for path in find_mot_sequences(root)]
         else:
             sequences.append(read_folder_identities(root, track_length))
     names = [sequence.name for sequence in sequences]
@@ -131,19 +148,39 @@ def read_sequences(roots: list[Path], track_length: int) -> list[Sequence]:
     return sequences
 
 
-def read_mot_identities(root: Path, track_length: int) -> Sequence:
-    """One MOT sequence: each gt identity's boxes in frame order make one source track (a root with no gt fails)."""
+def read_mot_identities(root: Path, track_length: int, min_visibility: float = 0.0) -> Sequence:
+    """One MOT sequence: each gt identity's boxes in frame order make one source track (a root with no gt fails). A box
+    less than min_visibility visible is left out: its crop shows whoever stands in front."""
     mot = read_mot_sequence(root, need_gt=True)
     tracks: dict[int, list[Crop]] = {}
+    hidden = 0
     for frame, rows in mot.gt.items():
-        for x1, y1, x2, y2, track_id, _ in rows:
+        for (x1, y1, x2, y2, track_id, _), visible in zip(rows, visible_shares(rows[:, :4], rows[:, 5]), strict=True):
             x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, mot.width), min(y2, mot.height)
-            if x2 - x1 >= 2 and y2 - y1 >= 2:  # a box that is (almost) all outside the frame shows nobody
+            if visible < min_visibility:
+                hidden += 1
+            elif x2 - x1 >= 2 and y2 - y1 >= 2:  # a box that is (almost) all outside the frame shows nobody
                 tracks.setdefault(int(track_id), []).append(Crop(mot.image_paths[frame - 1], (x1, y1, x2, y2), frame))
-    sequence = Sequence(mot.name, root, "mot")
+    sequence = Sequence(mot.name, root, "mot", hidden_crops=hidden)
     for track_id, crops in sorted(tracks.items()):
         add_identity(sequence, str(track_id), [sorted(crops, key=lambda crop: crop.time)], track_length)
     return sequence
+
+
+def visible_shares(boxes: np.ndarray, given: np.ndarray, grid: tuple[int, int] = (16, 8)) -> np.ndarray:
+    """The share of each box (N, 4: x1, y1, x2, y2) of one frame that no box in front of it covers, on a grid of
+    points; "in front" = its bottom edge lower in the image (closer to a camera above a ground plane, as in every MOT
+    sequence). The smaller of that and `given` (MOT16+ gt visibility; MOT15 has none and gives 1). A tracker knows
+    the same boxes, so this is not a ground-truth-only signal."""
+    rows, cols = grid
+    x1, y1, x2, y2 = boxes.T.astype(np.float64)
+    px = x1[:, None] + (np.arange(cols) + 0.5) / cols * (x2 - x1)[:, None]  # (N, cols)
+    py = y1[:, None] + (np.arange(rows) + 0.5) / rows * (y2 - y1)[:, None]  # (N, rows)
+    inside_x = (px[:, None, :] >= x1[None, :, None]) & (px[:, None, :] <= x2[None, :, None])  # [box, other, col]
+    inside_y = (py[:, None, :] >= y1[None, :, None]) & (py[:, None, :] <= y2[None, :, None])  # [box, other, row]
+    in_front = y2[None, :] > y2[:, None]  # [box, other]
+    covered = (inside_y[..., :, None] & inside_x[..., None, :] & in_front[..., None, None]).any(axis=1)
+    return np.minimum(given, 1 - covered.mean(axis=(1, 2)))
 
 
 def read_folder_identities(root: Path, track_length: int) -> Sequence:
@@ -389,6 +426,52 @@ def compute_descriptors(sequence: Sequence, describe: Describer, batch_size: int
     return np.concatenate(outputs).astype(np.float32)
 
 
+def read_same_person(path: Path | None) -> list[list[str]]:
+    """Groups of identity names that are one person, from a CSV of pairs (header identity,same_person_as[,evidence];
+    '#' lines are comments); pairs that share a name join one group. None: no groups."""
+    if path is None:
+        return []
+    if not path.is_file():
+        raise UserError(f"--same-person {path}: no such file ('' for none)")
+    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    rows = list(csv.reader(lines))
+    if not rows or [cell.strip() for cell in rows[0][:2]] != ["identity", "same_person_as"]:
+        raise UserError(f"{path}: not a same-person file: the header must be identity,same_person_as[,evidence]")
+    groups: list[set[str]] = []
+    for row_number, row in enumerate(rows[1:], start=2):
+        pair = {cell.strip() for cell in row[:2]}
+        if len(row) < 2 or len(pair) != 2 or not all("/" in name for name in pair):
+            raise UserError(f"{path}: row {row_number}: two different identities <sequence>/<id> expected, got {row[:2]}")
+        joined = [group for group in groups if group & pair]
+        groups = [group for group in groups if not group & pair] + [pair.union(*joined)]
+    return [sorted(group) for group in groups]
+
+
+def merge_same_person(sequences: list[Sequence], groups: list[list[str]]) -> list[str]:
+    """Each group's identities that are in the data become one Identity, kept in its first member's sequence (sources
+    and descriptors one after another): its tracks are positives of one another and it falls on one side of every
+    split. Returns the merged identities' names ("a=b")."""
+    found = {identity.name: (sequence, identity) for sequence in sequences for identity in sequence.identities}
+    merged = []
+    for group in groups:
+        members = [found[name] for name in group if name in found]
+        if len(members) < 2:
+            continue
+        (home, first), identities = members[0], [identity for _, identity in members]
+        person = Identity(
+            "=".join(identity.name for identity in identities),
+            first.sequence,
+            [crops for identity in identities for crops in identity.sources],
+            np.concatenate([identity.descriptors for identity in identities]),
+            tuple(sorted({sequence.name for sequence, _ in members[1:]} - {home.name})),
+        )
+        home.identities[home.identities.index(first)] = person
+        for sequence, identity in members[1:]:
+            sequence.identities.remove(identity)
+        merged.append(person.name)
+    return merged
+
+
 ########################################################################################################################
 # Prepare: identity-disjoint split and tracks
 
@@ -406,7 +489,8 @@ def split_identities(
     train, test = [], []
     for sequence in sequences:
         if test_sequences:
-            (test if sequence.name in test_sequences else train).extend(sequence.identities)
+            for identity in sequence.identities:  # a person also seen in a test sequence is never trained on
+                (test if {identity.sequence, *identity.also_in} & set(test_sequences) else train).append(identity)
             continue
         order = rng.permutation(len(sequence.identities))
         test_count = round(len(order) * test_fraction)
@@ -423,9 +507,10 @@ def evaluation_tracks(identity: Identity, track_length: int, max_tracks: int) ->
     """Up to max_tracks fixed tracks of one identity: each source track is cut into disjoint segments of at least
     track_length crops, and track_length crops are taken evenly spread over each segment (MCS style), in time order.
     Disjoint segments: two tracks of one person never share a crop, so a positive pair is not a copy of itself."""
-    tracks = []
-    for crops in identity.source_ranges:
-        room = min(max_tracks - len(tracks), len(crops) // track_length)
+    tracks, ranges = [], identity.source_ranges
+    for index, crops in enumerate(ranges):
+        share = math.ceil((max_tracks - len(tracks)) / (len(ranges) - index))  # what is left, spread over the sources left
+        room = min(share, len(crops) // track_length)
         for segment in np.array_split(np.arange(crops.start, crops.stop), room) if room > 0 else []:
             tracks.append(segment[np.linspace(0, len(segment) - 1, track_length).round().astype(int)])
     return tracks
@@ -496,10 +581,42 @@ class GRUPool(nn.Module):
         return F.normalize(tracks.mean(1) + self.out(last[-1]), dim=1)
 
 
-def build_aggregator(name: str, dim: int) -> nn.Module:
+class WhitenedMean(nn.Module):
+    """The mean descriptor in a space fitted on the training identities in closed form, no gradient steps: crops
+    centred on the training crops' mean (what every person of these cameras shares) and whitened by the
+    within-identity covariance (shrunk towards a multiple of the identity matrix), so that the ways one person's crops
+    vary (pose, light, blur) weigh less than the ways people differ. Within-class covariance normalisation, as in
+    speaker and face verification; D*D numbers from thousands of crops, where a triplet-trained net has to learn from
+    tens of identities."""
+
+    def __init__(self, dim: int, shrinkage: float = 0.3) -> None:
+        super().__init__()
+        self.shrinkage = shrinkage
+        self.register_buffer("center", torch.zeros(dim))
+        self.register_buffer("transform", torch.eye(dim))
+
+    def fit(self, identities: list[np.ndarray]) -> None:
+        """identities: each one's crop descriptors (crops, D)."""
+        crops = np.concatenate(identities).astype(np.float64)
+        within = np.concatenate([descriptors - descriptors.mean(0) for descriptors in identities]).astype(np.float64)
+        covariance = within.T @ within / max(len(within) - len(identities), 1)
+        dim = len(covariance)
+        covariance = (1 - self.shrinkage) * covariance + self.shrinkage * np.trace(covariance) / dim * np.eye(dim)
+        values, vectors = np.linalg.eigh(covariance)
+        self.center.copy_(torch.from_numpy(crops.mean(0)))
+        self.transform.copy_(torch.from_numpy(vectors @ np.diag(values**-0.5) @ vectors.T))
+
+    def forward(self, tracks: torch.Tensor) -> torch.Tensor:
+        whitened = F.normalize(tracks - self.center, dim=-1) @ self.transform
+        return F.normalize(whitened.mean(1), dim=1)
+
+
+def build_aggregator(name: str, dim: int, shrinkage: float = 0.3) -> nn.Module:
+    if name == "whitened":
+        return WhitenedMean(dim, shrinkage)
     return (
         {"single": SingleFrame, "mean": MeanPool}[name]()
-        if name not in LEARNED
+        if name not in TRIPLET
         else {"attention": AttentionPool, "gru": GRUPool}[name](dim)
     )
 
@@ -626,8 +743,23 @@ def bootstrap_weights(
     return np.where(same, draws[:, first], draws[:, first] * draws[:, second])
 
 
-def evaluate(embeddings: np.ndarray, owners: np.ndarray, fprs: tuple[float, ...], rounds: int, seed: int) -> dict[str, Any]:
-    """TPR at each FPR, with the pair counts that say whether it can be resolved at all, and 95% bootstrap intervals."""
+def false_positive_identities(
+    scores: np.ndarray, same: np.ndarray, first: np.ndarray, second: np.ndarray, names: list[str], target: float
+) -> dict[str, int]:
+    """The identity pairs behind the negative pairs accepted at the threshold FPR `target` allows (the five with most,
+    with their pair counts): one look-alike pair, or one person under two ids, can be every false positive there."""
+    fpr, _, thresholds = roc_points(scores, same)
+    threshold = thresholds[np.flatnonzero(fpr <= target + 1e-15).max()]
+    accepted = ~same & (scores >= threshold)
+    counts = Counter(f"{names[a]} ~ {names[b]}" for a, b in zip(first[accepted], second[accepted], strict=True))
+    return dict(counts.most_common(5))
+
+
+def evaluate(
+    embeddings: np.ndarray, owners: np.ndarray, fprs: tuple[float, ...], rounds: int, seed: int, names: list[str] | None = None
+) -> dict[str, Any]:
+    """TPR at each FPR, with the pair counts that say whether it can be resolved at all, and 95% bootstrap intervals;
+    with the identities' names, which identity pairs make the false positives at the largest FPR."""
     scores, same, first, second = pair_scores(embeddings, owners)
     negatives, positives = int((~same).sum()), int(same.sum())
     if positives == 0:
@@ -654,9 +786,11 @@ def evaluate(embeddings: np.ndarray, owners: np.ndarray, fprs: tuple[float, ...]
             "negatives_needed": math.ceil(1 / target) if target else 1,
             "resolvable": target == 0 or negatives * target >= 1,
         }
+    confusions = {} if names is None else false_positive_identities(scores, same, first, second, names, max(fprs))
     return {
         "tracks": len(embeddings),
         "identities": len(np.unique(owners)),
+        "false_positives_at": {"fpr": max(fprs), "identity_pairs": confusions},
         "positive_pairs": positives,
         "negative_pairs": negatives,
         "auc": float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2)),  # trapezoids (numpy 1 has no np.trapezoid)
@@ -708,6 +842,13 @@ def resolution_statement(result: dict[str, Any], fprs: tuple[float, ...]) -> str
             f"{1 / negatives:.1e}. Those cells would all equal 'TPR at 0 false positives', which is shown instead."
         )
     return "\n".join(lines)
+
+
+def confusion_statement(results: dict[str, dict[str, Any]]) -> str:
+    """Which identity pairs the mean's false positives at the largest FPR come from, in one line."""
+    confusions = results["mean"]["false_positives_at"]
+    pairs = ", ".join(f"{pair} ({count})" for pair, count in confusions["identity_pairs"].items())
+    return f"\nFalse positives of the mean at FPR {confusions['fpr']:g}, by identity pair (pairs of tracks): {pairs or 'none'}."
 
 
 def plot(results: dict[str, dict[str, Any]], histories: dict[str, dict[str, Any]], fprs: tuple[float, ...], path: Path) -> None:
@@ -780,20 +921,43 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--aggregator",
         choices=[*LEARNED, "all", "none"],
         default="attention",
-        help="learned aggregator(s) trained beside the single/mean baselines",
+        help="learned aggregator(s) fitted or trained beside the single/mean baselines (all: whitened, attention, gru)",
+    )
+    parser.add_argument(
+        "--whiten-shrinkage",
+        type=number(float, 0, 1),
+        default=0.3,
+        help="whitened: within-identity covariance shrunk this far towards a multiple of the identity matrix",
     )
     parser.add_argument("--mining", choices=["batch-hard", "semi-hard"], default="batch-hard", help="triplet mining")
     parser.add_argument("--track-length", type=number(int, 1), default=10, help="crops per track (MCS: 10)")
-    parser.add_argument("--tracks-per-identity", type=number(int, 1), default=4, help="disjoint test tracks per identity at most")
+    parser.add_argument(
+        "--tracks-per-identity",
+        type=number(int, 1),
+        default=8,
+        help="disjoint test tracks per identity at most (more pairs: 1e-4 resolvable on 40 identities)",
+    )
+    parser.add_argument(
+        "--min-visibility",
+        type=number(float, 0, 1),
+        default=0.3,
+        help="MOT: leave out crops less than this visible (the share no box in front covers): they show someone else; 0: keep all",
+    )
     parser.add_argument(
         "--test-fraction", type=number(float, 0, 1), default=0.5, help="share of each sequence's identities in the test set"
     )
     parser.add_argument("--test-sequences", nargs="+", default=[], help="hold out these whole sequences as the test set instead")
     parser.add_argument(
+        "--same-person",
+        default=str(TRACK_SAME_PERSON),
+        help="CSV of gt ids that are one person (identity,same_person_as,evidence), merged into one identity; "
+        "default: the bundled list for the MOT sequences here; '' for none",
+    )
+    parser.add_argument(
         "--backbone",
-        default="efficientnet_lite0",
+        default="reid-0287",
         help="frozen descriptor: efficientnet_lite0 (ImageNet, offline), a torchvision classifier, "
-        "or a person re-id ONNX model: reid-0287, reid-0288 (bundled) or a path to one (default: efficientnet_lite0)",
+        "or a person re-id ONNX model: reid-0287, reid-0288 (bundled) or a path to one (default: reid-0287)",
     )
     parser.add_argument("--weights", default="DEFAULT", help="torchvision backbone weights: DEFAULT (downloads), none (random: tests only)")
     parser.add_argument(
@@ -821,12 +985,21 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def read_data(args: argparse.Namespace) -> list[Sequence]:
     """The sequences of --data, with a note on identities too short for a track; none left is an error."""
-    sequences = read_sequences([Path(path) for path in args.data], args.track_length)
+    sequences = read_sequences([Path(path) for path in args.data], args.track_length, args.min_visibility)
+    hidden = sum(sequence.hidden_crops for sequence in sequences)
+    if hidden:
+        print(f"left out {hidden} crops less than {args.min_visibility:g} visible (--min-visibility)", file=sys.stderr)
     skipped = sum(sequence.skipped for sequence in sequences)
     if skipped:
         print(f"skipped {skipped} identities with fewer than {args.track_length} crops in any track", file=sys.stderr)
     if not any(sequence.identities for sequence in sequences):
         raise UserError(f"no identity has a track of {args.track_length} crops ({skipped} skipped): lower --track-length")
+    for sequence in sequences:  # one identity gives no pair to tell apart: a wrong folder more often than real data
+        if len(sequence.identities) < 2:
+            raise UserError(
+                f"{sequence.root}: {len(sequence.identities)} identity with a track of {args.track_length} crops "
+                f"({sequence.skipped} shorter); a sequence needs at least 2: leave it out or lower --track-length"
+            )
     return sequences
 
 
@@ -851,8 +1024,11 @@ def train_learned(
     rng = np.random.default_rng(args.seed)
     for name in learned:
         torch.manual_seed(args.seed)
-        model = build_aggregator(name, dim)
-        histories[name] = train_aggregator(name, model, train, args, device, rng)
+        model = build_aggregator(name, dim, args.whiten_shrinkage)
+        if name == "whitened":
+            model.fit([identity.descriptors for identity in train])
+        else:
+            histories[name] = train_aggregator(name, model, train, args, device, rng)
         methods[name] = model
         settings = {key: value for key, value in vars(args).items() if key not in ("data", "out", "cache_dir", "export_crops")}
         save_checkpoint(args.out / f"{name}.pt", model=model, aggregator=name, dim=dim, args=settings)
@@ -863,6 +1039,7 @@ def evaluate_methods(
     methods: dict[str, nn.Module],
     tracks: np.ndarray,
     owners: np.ndarray,
+    names: list[str],
     fprs: tuple[float, ...],
     args: argparse.Namespace,
     device: torch.device,
@@ -871,9 +1048,10 @@ def evaluate_methods(
     results = {}
     for name, model in tqdm(methods.items(), desc="evaluate", file=sys.stderr, leave=False):
         model.to(device).eval()
-        results[name] = evaluate(embed(model, tracks, device), owners, fprs, args.bootstrap, args.seed)
+        results[name] = evaluate(embed(model, tracks, device), owners, fprs, args.bootstrap, args.seed, names)
         if name in LEARNED:  # the same model on the first crop alone: what the track itself adds
-            results[f"{name} (1 crop)"] = evaluate(embed(model, tracks[:, :1], device), owners, fprs, args.bootstrap, args.seed)
+            first_crop = embed(model, tracks[:, :1], device)
+            results[f"{name} (1 crop)"] = evaluate(first_crop, owners, fprs, args.bootstrap, args.seed, names)
     return results
 
 
@@ -885,6 +1063,7 @@ def data_summary(sequences: list[Sequence], train: list[Identity], test: list[Id
                 "layout": s.layout,
                 "identities": len(s.identities),
                 "skipped_identities": s.skipped,
+                "hidden_crops": s.hidden_crops,
                 "train": sum(i.sequence == s.name for i in train),
                 "test": sum(i.sequence == s.name for i in test),
             }
@@ -926,15 +1105,18 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         sequences, args.backbone, args.weights, Path(args.cache_dir) if str(args.cache_dir) else None, device, args.batch_size, threads
     )
     describe_seconds = time.perf_counter() - started
+    same_person = merge_same_person(sequences, read_same_person(Path(args.same_person) if args.same_person else None))
+    if same_person:
+        print(f"one person under two ids, merged (--same-person): {', '.join(same_person)}", file=sys.stderr)
     train, test = split_identities(sequences, args.test_fraction, args.test_sequences, args.seed)
     assert not {i.name for i in train} & {i.name for i in test}  # the bug that sank the public MCS solution
     test_tracks, owners = test_tracks_of(test, args.track_length, args.tracks_per_identity)
     dim = test_tracks.shape[-1]
     methods, histories = train_learned(args, train, dim, device)
-    results = evaluate_methods(methods, test_tracks, owners, fprs, args, device)
+    results = evaluate_methods(methods, test_tracks, owners, [identity.name for identity in test], fprs, args, device)
 
     table = markdown_table(results, fprs)
-    statement = resolution_statement(results["single"], fprs)
+    statement = resolution_statement(results["single"], fprs) + confusion_statement(results)
     summary = data_summary(sequences, train, test)
     print(table)
     print(statement)
@@ -944,6 +1126,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "device": str(device),
         "descriptor_cache": cache,
         "describe_seconds": describe_seconds,
+        "same_person": same_person,
         "data": summary,
         "training": {
             name: {k: v for k, v in h.items() if k != "losses"} | {"final_loss": float(np.mean(h["losses"][-20:]))}

@@ -40,6 +40,7 @@ IMAGENET_WNIDS = ASSETS / "data" / "imagenet_synsets.txt"  # line k = wnid of Im
 TINY_IMAGENET = ASSETS / "data" / "tiny-imagenet-200"
 TINY_IMAGENET_10 = ASSETS / "data" / "tiny-imagenet-10"  # 10 classes as an image folder: hpo_cifar.py's demo
 TRACK_CROPS = ASSETS / "data" / "track-crops"  # person crops per identity: track_verify.py
+TRACK_SAME_PERSON = ASSETS / "data" / "track-verify-same-person.csv"  # gt ids that are one person: track_verify.py
 TUD_CAMPUS_VIDEO = ASSETS / "videos" / "tud-campus.mp4"
 ONE_BY_ONE_VIDEO = ASSETS / "videos" / "one-by-one-person-detection.mp4"  # another scene than TUD-Campus
 
