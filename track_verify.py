@@ -30,7 +30,7 @@ Run:
     python track_verify.py --aggregator all                          # the bundled data: TUD-Campus + PETS09 + ADL crops
     python track_verify.py --data assets/data/TUD-Campus ../shared/data/mot-extra --test-sequences Venice-2 MOT17-09 MOT16-05
     python track_verify.py --backbone efficientnet_lite0 --aggregator all --mining semi-hard
-    python track_verify.py --data ../shared/data/mot-extra --min-visibility 0 --export-crops assets/data/track-crops
+    python track_verify.py --data ../shared/data/mot-extra/ADL-Rundle-6 --min-visibility 0 --export-crops crops/
 Writes to --out: results.json, report.md, roc.png (ROC per method, the unresolvable region shaded, training loss),
 <aggregator>.pt (weights with the settings that made them).
 
@@ -465,9 +465,9 @@ def merge_same_person(sequences: list[Sequence], groups: list[list[str]]) -> lis
             np.concatenate([identity.descriptors for identity in identities]),
             tuple(sorted({sequence.name for sequence, _ in members[1:]} - {home.name})),
         )
-        home.identities[home.identities.index(first)] = person
-        for sequence, identity in members[1:]:
-            sequence.identities.remove(identity)
+        home.identities = [person if identity is first else identity for identity in home.identities]
+        for sequence, merged_away in members[1:]:  # by object, not ==: a dataclass compares its arrays
+            sequence.identities = [identity for identity in sequence.identities if identity is not merged_away]
         merged.append(person.name)
     return merged
 
