@@ -37,7 +37,7 @@ Writes to --out: results.json, report.md, roc.png (ROC per method, the unresolva
 Measured (2-core x86 CPU; benchmarks/eval_track_verify.py, reports/track_verify): trained on the 26 identities of
 TUD-Campus, PETS09-S2L1 and ADL-Rundle-6, tested on the 34 of Venice-2, MOT17-09 and MOT16-05 held out whole (186
 tracks, 16,663 negative pairs: FPR 1e-4 resolvable, 1e-5 and 1e-6 not), reid-0287: TPR@FPR=1e-3 single crop 0.825,
-mean of 10 0.930 [0.88, 0.99], whitened mean 0.950, attention 0.939, GRU 0.904; at 1e-4 the mean 0.873
+mean of 10 0.930 [0.88, 0.99], whitened mean 0.946, attention 0.939, GRU 0.904; at 1e-4 the mean 0.873
 (efficientnet_lite0 at 1e-3: single 0.120, mean 0.268). The re-id model is most of the gain, leaving out hidden
 crops the next (mean 0.422 -> 0.930 on the same identities), the track and the whitening add the rest.
 Descriptors (2 threads, median of 3 interleaved rounds, benchmarks/bench_descriptors.py): reid-0287 374 crops/s,
@@ -507,11 +507,16 @@ def evaluation_tracks(identity: Identity, track_length: int, max_tracks: int) ->
     """Up to max_tracks fixed tracks of one identity: each source track is cut into disjoint segments of at least
     track_length crops, and track_length crops are taken evenly spread over each segment (MCS style), in time order.
     Disjoint segments: two tracks of one person never share a crop, so a positive pair is not a copy of itself."""
-    tracks, ranges = [], identity.source_ranges
-    for index, crops in enumerate(ranges):
-        share = math.ceil((max_tracks - len(tracks)) / (len(ranges) - index))  # what is left, spread over the sources left
-        room = min(share, len(crops) // track_length)
-        for segment in np.array_split(np.arange(crops.start, crops.stop), room) if room > 0 else []:
+    ranges = identity.source_ranges
+    capacity = [len(crops) // track_length for crops in ranges]
+    counts = [0] * len(ranges)
+    while sum(counts) < max_tracks and any(count < room for count, room in zip(counts, capacity, strict=True)):
+        for index in range(len(ranges)):  # one more track from every source with room left, in turn (spread evenly)
+            if counts[index] < capacity[index] and sum(counts) < max_tracks:
+                counts[index] += 1
+    tracks = []
+    for crops, count in zip(ranges, counts, strict=True):
+        for segment in np.array_split(np.arange(crops.start, crops.stop), count) if count else []:
             tracks.append(segment[np.linspace(0, len(segment) - 1, track_length).round().astype(int)])
     return tracks
 
@@ -597,17 +602,18 @@ class WhitenedMean(nn.Module):
 
     def fit(self, identities: list[np.ndarray]) -> None:
         """identities: each one's crop descriptors (crops, D)."""
-        crops = np.concatenate(identities).astype(np.float64)
-        within = np.concatenate([descriptors - descriptors.mean(0) for descriptors in identities]).astype(np.float64)
+        center = np.concatenate(identities).astype(np.float64).mean(0)
+        within = np.concatenate([crops - crops.mean(0) for crops in identities]).astype(np.float64)
         covariance = within.T @ within / max(len(within) - len(identities), 1)
         dim = len(covariance)
         covariance = (1 - self.shrinkage) * covariance + self.shrinkage * np.trace(covariance) / dim * np.eye(dim)
         values, vectors = np.linalg.eigh(covariance)
-        self.center.copy_(torch.from_numpy(crops.mean(0)))
+        values = np.maximum(values, 1e-6 * values.max())  # fewer crops than dimensions, shrinkage 0: no 1/0
+        self.center.copy_(torch.from_numpy(center))
         self.transform.copy_(torch.from_numpy(vectors @ np.diag(values**-0.5) @ vectors.T))
 
     def forward(self, tracks: torch.Tensor) -> torch.Tensor:
-        whitened = F.normalize(tracks - self.center, dim=-1) @ self.transform
+        whitened = (tracks - self.center) @ self.transform  # linear: the space fit() measured
         return F.normalize(whitened.mean(1), dim=1)
 
 
@@ -786,7 +792,8 @@ def evaluate(
             "negatives_needed": math.ceil(1 / target) if target else 1,
             "resolvable": target == 0 or negatives * target >= 1,
         }
-    confusions = {} if names is None else false_positive_identities(scores, same, first, second, names, max(fprs))
+    resolvable = negatives * max(fprs) >= 1  # else the threshold accepts no negative at all: "none" would mislead
+    confusions = false_positive_identities(scores, same, first, second, names, max(fprs)) if names and resolvable else None
     return {
         "tracks": len(embeddings),
         "identities": len(np.unique(owners)),
@@ -847,6 +854,8 @@ def resolution_statement(result: dict[str, Any], fprs: tuple[float, ...]) -> str
 def confusion_statement(results: dict[str, dict[str, Any]]) -> str:
     """Which identity pairs the mean's false positives at the largest FPR come from, in one line."""
     confusions = results["mean"]["false_positives_at"]
+    if confusions["identity_pairs"] is None:
+        return f"\nFalse positives of the mean at FPR {confusions['fpr']:g}: not resolvable (too few negative pairs)."
     pairs = ", ".join(f"{pair} ({count})" for pair, count in confusions["identity_pairs"].items())
     return f"\nFalse positives of the mean at FPR {confusions['fpr']:g}, by identity pair (pairs of tracks): {pairs or 'none'}."
 
@@ -1061,11 +1070,11 @@ def data_summary(sequences: list[Sequence], train: list[Identity], test: list[Id
         "sequences": {
             s.name: {
                 "layout": s.layout,
-                "identities": len(s.identities),
+                "identities": sum(s.name in (i.sequence, *i.also_in) for i in train + test),  # a merged person: in each
                 "skipped_identities": s.skipped,
                 "hidden_crops": s.hidden_crops,
-                "train": sum(i.sequence == s.name for i in train),
-                "test": sum(i.sequence == s.name for i in test),
+                "train": sum(s.name in (i.sequence, *i.also_in) for i in train),
+                "test": sum(s.name in (i.sequence, *i.also_in) for i in test),
             }
             for s in sequences
         },

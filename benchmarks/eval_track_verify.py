@@ -147,7 +147,9 @@ def backbone_table(name: str, entry: dict[str, Any], fprs: list[str]) -> str:
     return "\n".join(lines)
 
 
-def confusion_text(pairs: dict[str, int]) -> str:
+def confusion_text(pairs: dict[str, int] | None) -> str:
+    if pairs is None:
+        return "not resolvable (too few negative pairs)"
     return ", ".join(f"{pair} ({count})" for pair, count in pairs.items()) or "none"
 
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +97,15 @@ def test_bootstrap_weights_resample_identities():
     draws_row = next(w for w in weights if w[0] == 2 and w[1] == 0 and w[3] == 1)  # 0 twice, 1 never, 2 once
     assert draws_row.tolist() == [2, 0, 0, 1]
     assert weights.shape == (500, 4)
+
+
+def test_false_positives_where_the_fpr_cannot_be_resolved_are_not_none():
+    rng = np.random.default_rng(0)
+    owners = np.repeat(np.arange(4), 2)  # 8 tracks: 4 positive and 24 negative pairs, too few for FPR 1e-3
+    embeddings = rng.normal(size=(8, 4))
+    result = track_verify.evaluate(embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True), owners, (1e-3,), 0, 0, list("abcd"))
+    assert result["false_positives_at"] == {"fpr": 1e-3, "identity_pairs": None}
+    assert "not resolvable" in track_verify.confusion_statement({"mean": result})
 
 
 def test_false_positive_identities_by_hand():
@@ -188,8 +198,17 @@ def test_whitened_mean_fits_the_within_identity_spread():
     # shrinkage 1: the covariance becomes a multiple of the identity matrix, so only the centring is left
     centred = track_verify.build_aggregator("whitened", 4, shrinkage=1.0)
     centred.fit(identities)
-    expected = F.normalize(F.normalize(probe - centred.center, dim=-1).mean(1), dim=1)
+    expected = F.normalize((probe - centred.center).mean(1), dim=1)
     assert torch.allclose(centred(probe), expected, atol=1e-5)
+
+
+def test_whitened_mean_stays_finite_with_fewer_crops_than_dimensions():
+    rng = np.random.default_rng(0)
+    identities = [np.c_[rng.normal(size=(6, 20)), np.zeros((6, 236))] for _ in range(4)]  # 24 crops, 256-D, 236 dims dead
+    model = track_verify.build_aggregator("whitened", 256, shrinkage=0.0)
+    model.fit(identities)
+    assert torch.isfinite(model.transform).all()
+    assert torch.isfinite(model(torch.from_numpy(np.stack(identities)[:, :5].astype(np.float32)))).all()
 
 
 ########################################################################################################################
@@ -246,6 +265,20 @@ def test_hidden_mot_crops_are_left_out():
     assert visible.hidden_crops == dropped
     count = sum(len(identity.sources[0]) for identity in everything.identities)
     assert sum(len(identity.sources[0]) for identity in visible.identities) < count - dropped / 2
+
+
+def test_tracks_are_spread_over_source_tracks_whatever_their_order():
+    """An identity with several source tracks (merged ids, track folders) gets max_tracks tracks when its sources
+    have room for them, spread one per source in turn, never across two sources."""
+    for lengths in ([100, 10, 10], [10, 10, 100], [10, 100], [35]):
+        sources = [[track_verify.Crop(Path(f"{k}-{i}.jpg"), None, i) for i in range(length)] for k, length in enumerate(lengths)]
+        identity = track_verify.Identity("s/1", "s", sources)
+        tracks = track_verify.evaluation_tracks(identity, 10, 8)
+        assert len(tracks) == min(8, sum(length // 10 for length in lengths)), lengths
+        per_source = [sum(track[0] in r for track in tracks) for r in identity.source_ranges]
+        assert all(any(track[0] in r and track[-1] in r for r in identity.source_ranges) for track in tracks)
+        assert min(per_source) >= 1 or len(lengths) == 1
+        assert len(set(np.concatenate(tracks).tolist())) == 10 * len(tracks)  # disjoint
 
 
 def test_split_has_no_identity_in_both(cache_dir):
