@@ -970,7 +970,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--weights", default="DEFAULT", help="torchvision backbone weights: DEFAULT (downloads), none (random: tests only)")
     parser.add_argument(
-        "--cache-dir", type=Path, default=REPO / "runs/track_verify_cache", help="descriptor cache, one file per sequence; '' for none"
+        "--cache-dir", default=str(REPO / "runs/track_verify_cache"), help="descriptor cache, one file per sequence; '' for none"
     )
     parser.add_argument("--steps", type=number(int, 1), default=300, help="training steps per learned aggregator")
     parser.add_argument("--batch-identities", type=number(int, 2), default=8, help="P: identities per batch")
@@ -1111,7 +1111,7 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
 
     started = time.perf_counter()
     cache = describe_sequences(
-        sequences, args.backbone, args.weights, Path(args.cache_dir) if str(args.cache_dir) else None, device, args.batch_size, threads
+        sequences, args.backbone, args.weights, Path(args.cache_dir) if args.cache_dir else None, device, args.batch_size, threads
     )
     describe_seconds = time.perf_counter() - started
     same_person = merge_same_person(sequences, read_same_person(Path(args.same_person) if args.same_person else None))

@@ -501,6 +501,16 @@ def test_reid_0287_scores_the_same_person_higher_than_others():
     assert (cosine.argmax(axis=1) == np.arange(6)).sum() >= 4
 
 
+def test_no_cache_dir_writes_no_cache(tmp_path, monkeypatch):
+    """--cache-dir '' means no cache (Path('') would be the working directory: caches landed in the repo root once)."""
+    monkeypatch.chdir(tmp_path)
+    args = track_verify.get_args_parser().parse_args(
+        ["--data", str(TUD_CAMPUS), "--aggregator", "none", "--bootstrap", "0", "--cache-dir", "", "--out", str(tmp_path / "out")]
+    )
+    assert track_verify.main(args)["descriptor_cache"]["computed"] > 0
+    assert not list(tmp_path.rglob("*.npz"))
+
+
 def test_cache_is_never_reused_across_imagenet_and_reid_models(tmp_path, capsys):
     flags = ["--data", str(TUD_CAMPUS), "--aggregator", "none", "--bootstrap", "0", "--min-visibility", "0"]
     lite = run(tmp_path, *flags, "--backbone", "efficientnet_lite0")
